@@ -1,0 +1,103 @@
+"""The one settings object: read from `SDSERVER_*` environment variables and CLI flags once, then passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+def _split_list(value: object) -> object:
+    """Accept `a,b` in an environment variable as well as a JSON list."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Build it once (the CLI does) and hand it to whatever needs it."""
+
+    model_config = SettingsConfigDict(env_prefix="SDSERVER_", extra="ignore", frozen=True)
+
+    # Where the embedded default keeps everything: the SQLite file and the local object folder.
+    data_dir: Path = Path("./data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # External base URL used to build every link we hand out (fetch_result, image URLs).
+    # Defaults to http://{host}:{port}; set it when the server sits behind a proxy or a domain.
+    base_url: str | None = None
+
+    # SQLAlchemy URL; defaults to a SQLite file under data_dir. PostgreSQL: postgresql+psycopg://...
+    database_url: str | None = None
+    # An admin key to install on start (created if missing). Never logged.
+    admin_key: SecretStr | None = None
+
+    # Object storage: "local" keeps objects under data_dir/objects and serves them at /files/...
+    storage: Literal["local", "s3"] = "local"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    # Public base URL of the bucket (CDN, r2.dev, ...). Without it, links are presigned GET URLs.
+    s3_public_base_url: str | None = None
+    # Prefix inside the bucket under which every object key is written.
+    s3_prefix: str = ""
+    # Lifetime of presigned links for permanent objects when no public base URL is set (max 7 days in SigV4).
+    s3_presign_expiry_s: int = Field(default=7 * 24 * 3600, ge=60, le=7 * 24 * 3600)
+
+    # Lifetime of objects written with `temp: yes`.
+    temp_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # Secret for signing local temp links; generated and kept in the database when not given.
+    signing_secret: SecretStr | None = None
+
+    # Limits: whole request body, decoded image bytes, decoded image pixels.
+    max_body_bytes: int = Field(default=16 * MIB, ge=1024)
+    max_image_bytes: int = Field(default=10 * MIB, ge=1024)
+    max_image_pixels: int = Field(default=6000 * 6000, ge=64 * 64)
+
+    # Server-side fetches (init images, webhooks, model downloads). Empty: loopback, private,
+    # link-local and metadata addresses are refused. Entries are IPs, CIDRs or host names.
+    fetch_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    fetch_timeout_s: float = Field(default=15.0, gt=0)
+    fetch_max_redirects: int = Field(default=5, ge=0, le=20)
+
+    # ModelsLab paths answer HTTP 200 + status:"error" (what their clients expect); true sends real codes.
+    real_status_codes: bool = False
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+
+    _split_allowlist = field_validator("fetch_allowlist", "cors_origins", mode="before")(_split_list)
+
+    @field_validator("base_url", "s3_public_base_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _check_storage(self) -> Settings:
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("storage=s3 needs SDSERVER_S3_BUCKET")
+        if self.max_image_bytes > self.max_body_bytes:
+            raise ValueError("max_image_bytes cannot exceed max_body_bytes")
+        return self
+
+    @property
+    def external_base_url(self) -> str:
+        return self.base_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def sql_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'sdserver.db').resolve()}"
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.data_dir / "objects"

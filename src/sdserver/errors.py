@@ -1,0 +1,133 @@
+"""The closed set of domain errors, each with a stable code; the API maps codes to replies in one table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class SdError(Exception):
+    """Base of every error the server reports to a client. `code` is stable; `message` is for people."""
+
+    code = "internal_error"
+    default_message = "Internal server error"
+
+    def __init__(self, message: str | None = None, *, field_errors: Mapping[str, list[str]] | None = None):
+        self.message = message or self.default_message
+        self.field_errors: dict[str, list[str]] = {k: list(v) for k, v in (field_errors or {}).items()}
+        super().__init__(self.message)
+
+
+class InvalidKeyError(SdError):
+    code = "invalid_key"
+    default_message = "Invalid Api Key"
+
+
+class ForbiddenError(SdError):
+    code = "forbidden"
+    default_message = "This endpoint needs an admin key"
+
+
+class ValidationError(SdError):
+    """A request field broke a rule. The message names the field, the rule and the value."""
+
+    code = "validation_error"
+
+    @classmethod
+    def for_field(cls, field: str, rule: str, value: object) -> ValidationError:
+        text = f"{field}: {rule}, got {_show(value)}"
+        return cls(text, field_errors={field: [f"{rule}, got {_show(value)}"]})
+
+
+class BodyTooLargeError(SdError):
+    code = "body_too_large"
+    default_message = "Request body is too large"
+
+
+class MissingFileError(SdError):
+    """A multipart request without its file part."""
+
+    code = "missing_file"
+    default_message = "No file was sent in the 'file' form field"
+
+
+class ImageError(SdError):
+    """Base for everything wrong with an image a client gave us. `field` names where it came from."""
+
+    code = "invalid_image"
+    default_message = "The image could not be read"
+
+    def __init__(self, message: str | None = None, *, field: str | None = None):
+        text = message or self.default_message
+        self.field = field
+        super().__init__(
+            f"{field}: {text}" if field else text, field_errors={field: [text]} if field else None
+        )
+
+
+class NotBase64Error(ImageError):
+    code = "not_base64"
+    default_message = "not valid base64 or a data URL"
+
+
+class UnsupportedImageTypeError(ImageError):
+    code = "unsupported_image_type"
+    default_message = "the bytes are not a PNG, JPEG or WebP image"
+
+
+class ImageDecodeError(ImageError):
+    code = "image_decode_failed"
+    default_message = "the image data is corrupt or truncated"
+
+
+class ImageTooLargeError(ImageError):
+    code = "image_too_large"
+    default_message = "the image is larger than the byte limit"
+
+
+class ImageTooManyPixelsError(ImageError):
+    code = "image_too_many_pixels"
+    default_message = "the image has more pixels than the limit"
+
+
+class FetchError(ImageError):
+    """A server-side fetch failed or was refused (SSRF guard, timeout, HTTP error, size cap)."""
+
+    code = "fetch_failed"
+    default_message = "Unable to fetch image from provided URL"
+
+    def __init__(self, reason: str, *, field: str | None = None):
+        # Clients match the vendor's exact message; the reason goes in the per-field bag.
+        self.reason = reason
+        self.field = field
+        SdError.__init__(self, self.default_message, field_errors={field or "url": [reason]})
+
+
+class NotFoundError(SdError):
+    code = "not_found"
+    default_message = "Request not found"
+
+
+class ModelNotFoundError(SdError):
+    code = "model_not_found"
+    default_message = "Model id not found"
+
+
+class RateLimitedError(SdError):
+    code = "rate_limited"
+    default_message = "Rate limit exceeded"
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 10):
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class StorageError(SdError):
+    """The object store could not be written or read; nothing was stored."""
+
+    code = "storage_unavailable"
+    default_message = "The object store is unavailable; nothing was stored, try again"
+
+
+def _show(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
