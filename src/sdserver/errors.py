@@ -34,8 +34,8 @@ class ValidationError(SdError):
 
     @classmethod
     def for_field(cls, field: str, rule: str, value: object) -> ValidationError:
-        text = f"{field}: {rule}, got {_show(value)}"
-        return cls(text, field_errors={field: [f"{rule}, got {_show(value)}"]})
+        text = f"{field}: {rule}, got {show_value(value)}"
+        return cls(text, field_errors={field: [f"{rule}, got {show_value(value)}"]})
 
 
 class BodyTooLargeError(SdError):
@@ -59,9 +59,7 @@ class ImageError(SdError):
     def __init__(self, message: str | None = None, *, field: str | None = None):
         text = message or self.default_message
         self.field = field
-        super().__init__(
-            f"{field}: {text}" if field else text, field_errors={field: [text]} if field else None
-        )
+        super().__init__(f"{field}: {text}" if field else text, field_errors={field: [text]} if field else None)
 
 
 class NotBase64Error(ImageError):
@@ -128,6 +126,6 @@ class StorageError(SdError):
     default_message = "The object store is unavailable; nothing was stored, try again"
 
 
-def _show(value: object, limit: int = 60) -> str:
+def show_value(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

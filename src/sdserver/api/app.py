@@ -1,0 +1,80 @@
+"""The app factory: builds the services, wires middleware, error handlers and routes. Never imports torch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
+
+from sdserver import __version__
+from sdserver.api.body_limit import BodyLimitMiddleware
+from sdserver.api.replies import install_error_handlers, is_stablecog_path
+from sdserver.api.routes import files, health, stablecog, uploads
+from sdserver.api.services import Services
+from sdserver.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Multipart framing around Stablecog's single file part.
+_MULTIPART_OVERHEAD = 64 * 1024
+_PURGE_INTERVAL_S = 600.0
+
+
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    services = services or Services.build(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        purger = asyncio.create_task(_purge_expired_forever(services))
+        try:
+            yield
+        finally:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
+
+    app = FastAPI(
+        title="sdserver",
+        version=__version__,
+        description="Self-hosted, drop-in compatible Stable Diffusion API (ModelsLab) and Stablecog upload.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+
+    def body_limit_for(path: str) -> int:
+        if is_stablecog_path(path):
+            return min(settings.max_body_bytes, settings.max_image_bytes + _MULTIPART_OVERHEAD)
+        return settings.max_body_bytes
+
+    app.add_middleware(BodyLimitMiddleware, settings=settings, limit_for=body_limit_for)
+    # Browser apps call these APIs directly; keys travel in the body or headers, never in cookies.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        allow_credentials=False,
+    )
+    install_error_handlers(app, settings)
+    for module in (health, files, uploads, stablecog):
+        app.include_router(module.router)
+    return app
+
+
+async def _purge_expired_forever(services: Services) -> None:
+    """Delete temporary objects past their lifetime, and their rows, every few minutes."""
+    while True:
+        try:
+            removed = await run_in_threadpool(services.store.purge_expired)
+            forgotten = await run_in_threadpool(services.uploads.forget_expired)
+            if removed or forgotten:
+                log.info("purged %d expired temporary objects (%d upload rows)", removed, forgotten)
+        except Exception:
+            # A store outage must not kill the loop; the next round tries again.
+            log.exception("purging expired temporary objects failed")
+        await asyncio.sleep(_PURGE_INTERVAL_S)

@@ -1,0 +1,76 @@
+"""Reads a request's parameters the way real clients send them: query < form < JSON, and the API key."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+
+from sdserver.errors import ValidationError
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+@dataclass
+class RequestParams:
+    """The merged parameters of one request, plus the file parts of a multipart body."""
+
+    values: dict[str, Any]
+    body_key: str | None = None
+    files: dict[str, UploadFile] = field(default_factory=dict)
+
+
+async def read_params(request: Request) -> RequestParams:
+    """Merge query, form and JSON parameters (later ones win); parsed once per request."""
+    cached = getattr(request.state, "params", None)
+    if isinstance(cached, RequestParams):
+        return cached
+    values: dict[str, Any] = dict(request.query_params)
+    body: dict[str, Any] = {}
+    files: dict[str, UploadFile] = {}
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in _FORM_TYPES:
+        form = await request.form()
+        for name, item in form.multi_items():
+            if isinstance(item, UploadFile):
+                files.setdefault(name, item)
+            else:
+                body[name] = item
+    else:
+        raw = await request.body()
+        if raw.strip():
+            body = _parse_json_object(raw)
+    values.update(body)
+    key = body.get("key")
+    params = RequestParams(values=values, body_key=key if isinstance(key, str) and key else None, files=files)
+    request.state.params = params
+    return params
+
+
+def _parse_json_object(raw: bytes) -> dict[str, Any]:
+    # Many clients (the vendor's PHP and Java snippets among them) send JSON without a JSON content type.
+    try:
+        parsed = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValidationError.for_field("body", "must be a JSON object", f"invalid JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise ValidationError.for_field("body", "must be a JSON object", type(parsed).__name__)
+    return parsed
+
+
+def find_api_key(request: Request, params: RequestParams) -> str | None:
+    """The key as clients send it: body `key`, else header `key`, else `Authorization: Bearer`, else `?key=`."""
+    if params.body_key:
+        return params.body_key.strip()
+    header = request.headers.get("key")
+    if header:
+        return header.strip()
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    query = request.query_params.get("key")
+    return query.strip() if query else None

@@ -1,0 +1,107 @@
+"""The one table that turns domain errors into replies: ModelsLab envelopes and Stablecog error bodies."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from sdserver import errors
+from sdserver.config import Settings
+
+log = logging.getLogger(__name__)
+
+STABLECOG_PREFIX = "/v1/"
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """How one error code is answered: the real HTTP status, and Stablecog's error name."""
+
+    http_status: int
+    stablecog_error: str
+
+
+_TABLE: dict[str, ErrorReply] = {
+    errors.InvalidKeyError.code: ErrorReply(401, "Unauthorized"),
+    errors.ForbiddenError.code: ErrorReply(403, "Forbidden"),
+    errors.ValidationError.code: ErrorReply(400, "invalid_request"),
+    errors.BodyTooLargeError.code: ErrorReply(413, "parse_error"),
+    errors.MissingFileError.code: ErrorReply(400, "invalid_file"),
+    errors.ImageError.code: ErrorReply(400, "invalid_file"),
+    errors.NotBase64Error.code: ErrorReply(400, "invalid_file"),
+    errors.UnsupportedImageTypeError.code: ErrorReply(400, "invalid_content_type"),
+    errors.ImageDecodeError.code: ErrorReply(400, "invalid_file"),
+    errors.ImageTooLargeError.code: ErrorReply(413, "parse_error"),
+    errors.ImageTooManyPixelsError.code: ErrorReply(400, "invalid_file"),
+    errors.FetchError.code: ErrorReply(400, "invalid_url"),
+    errors.NotFoundError.code: ErrorReply(404, "not_found"),
+    errors.ModelNotFoundError.code: ErrorReply(404, "not_found"),
+    errors.RateLimitedError.code: ErrorReply(429, "rate_limited"),
+    errors.StorageError.code: ErrorReply(503, "storage_unavailable"),
+    errors.SdError.code: ErrorReply(500, "internal_error"),
+}
+
+# Stablecog documents these descriptions word for word; clients show them.
+_STABLECOG_DESCRIPTIONS = {
+    errors.UnsupportedImageTypeError.code: "Content type must be image/jpeg, image/png, or image/webp",
+}
+
+
+def error_reply_for(code: str) -> ErrorReply:
+    return _TABLE.get(code, _TABLE[errors.SdError.code])
+
+
+def is_stablecog_path(path: str) -> bool:
+    return path.startswith(STABLECOG_PREFIX)
+
+
+def modelslab_error(error: errors.SdError, settings: Settings) -> JSONResponse:
+    reply = error_reply_for(error.code)
+    body: dict[str, Any] = {
+        "status": "error",
+        "message": error.message,
+        # The vendor spells it "messege" on several endpoints; clients read either, so send both.
+        "messege": error.message,
+        "error_code": error.code,
+    }
+    if error.field_errors:
+        body["errors"] = error.field_errors
+    headers: dict[str, str] = {}
+    if isinstance(error, errors.RateLimitedError):
+        body["retry_after"] = error.retry_after_s
+        headers["Retry-After"] = str(error.retry_after_s)
+    # ModelsLab clients loop on the body and the official SDK gives up on any non-200, so 200 by default.
+    status = reply.http_status if settings.real_status_codes else 200
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def stablecog_error(error: errors.SdError) -> JSONResponse:
+    reply = error_reply_for(error.code)
+    body: dict[str, Any] = {"error": reply.stablecog_error}
+    if not isinstance(error, errors.InvalidKeyError | errors.ForbiddenError):
+        body["description"] = _STABLECOG_DESCRIPTIONS.get(error.code, error.message)
+    return JSONResponse(body, status_code=reply.http_status)
+
+
+def error_response(path: str, error: errors.SdError, settings: Settings) -> JSONResponse:
+    return stablecog_error(error) if is_stablecog_path(path) else modelslab_error(error, settings)
+
+
+def install_error_handlers(app: FastAPI, settings: Settings) -> None:
+    async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, errors.SdError)
+        return error_response(request.url.path, exc, settings)
+
+    async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+        error = errors.SdError()
+        response = error_response(request.url.path, error, settings)
+        response.status_code = 500
+        return response
+
+    app.add_exception_handler(errors.SdError, on_domain_error)
+    app.add_exception_handler(Exception, on_unexpected_error)

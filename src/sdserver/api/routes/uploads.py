@@ -1,0 +1,135 @@
+"""The ModelsLab upload endpoints: upload_image, base64_crop and the two base64_to_url helpers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
+from sdserver.api.fields import validate_request
+from sdserver.api.schemas import (
+    Base64CropRequest,
+    Base64ToUrlRequest,
+    ImageEditingBase64ToUrlRequest,
+    UploadImageRequest,
+    openapi_body,
+)
+from sdserver.api.services import Services
+from sdserver.auth import ApiKey
+from sdserver.images import DecodedImage, center_crop_square, encode_image, load_image_input
+from sdserver.uploads import SavedUpload
+
+router = APIRouter(tags=["uploads"])
+
+CROP_SIZE = 512
+
+
+async def store_client_image(
+    services: Services,
+    value: str,
+    *,
+    field: str,
+    owner: ApiKey,
+    endpoint: str,
+    temp: bool,
+    crop: bool = False,
+) -> SavedUpload:
+    """Decode an image field under every limit and guard, optionally crop it, and store it."""
+    image = await load_image_input(
+        value,
+        field=field,
+        limits=services.image_limits,
+        policy=services.fetch_policy,
+        issued=services.store,
+    )
+    if crop:
+        image = await run_in_threadpool(_crop_to_square, image)
+    return await run_in_threadpool(
+        services.uploads.save, services.store, image, owner=owner, endpoint=endpoint, temp=temp
+    )
+
+
+def _crop_to_square(image: DecodedImage) -> DecodedImage:
+    square = center_crop_square(image.to_pil(), CROP_SIZE)
+    return DecodedImage(data=encode_image(square, "png"), format="png", width=CROP_SIZE, height=CROP_SIZE)
+
+
+@router.post(
+    "/api/v1/enterprise/upload_image",
+    summary="Upload an image to the object store",
+    openapi_extra=openapi_body(UploadImageRequest),
+)
+async def upload_image(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
+    request = validate_request(UploadImageRequest, params.values)
+    saved = await store_client_image(
+        services,
+        request.base64_image,
+        field="base64_image",
+        owner=caller,
+        endpoint="upload_image",
+        temp=bool(request.temp),
+    )
+    return {"status": "success", "message": "image uploaded", "image_url": saved.url, "id": saved.id}
+
+
+@router.post(
+    "/api/v3/base64_crop",
+    summary="Upload an image, optionally centre-cropped to 512×512",
+    openapi_extra=openapi_body(Base64CropRequest),
+)
+async def base64_crop(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
+    request = validate_request(Base64CropRequest, params.values)
+    saved = await store_client_image(
+        services,
+        request.image,
+        field="image",
+        owner=caller,
+        endpoint="base64_crop",
+        temp=bool(request.temp),
+        crop=bool(request.crop),
+    )
+    return {
+        "status": "success",
+        "messege": "image uploaded",
+        "message": "image uploaded",
+        "link": saved.url,
+        "request_id": saved.id,
+    }
+
+
+@router.post(
+    "/api/v6/base64_to_url",
+    summary="Turn a base64 image into a URL",
+    openapi_extra=openapi_body(Base64ToUrlRequest),
+)
+async def base64_to_url(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
+    request = validate_request(Base64ToUrlRequest, params.values)
+    saved = await store_client_image(
+        services,
+        request.base64_string,
+        field="base64_string",
+        owner=caller,
+        endpoint="base64_to_url",
+        temp=bool(request.temp),
+    )
+    return {"status": "success", "id": saved.id, "output": [saved.url]}
+
+
+@router.post(
+    "/api/v6/image_editing/base64_to_url",
+    summary="Turn a base64 image into a URL (image editing family)",
+    openapi_extra=openapi_body(ImageEditingBase64ToUrlRequest),
+)
+async def image_editing_base64_to_url(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
+    request = validate_request(ImageEditingBase64ToUrlRequest, params.values)
+    saved = await store_client_image(
+        services,
+        request.init_image,
+        field="init_image",
+        owner=caller,
+        endpoint="image_editing_base64_to_url",
+        temp=bool(request.temp),
+    )
+    return {"status": "success", "id": saved.id, "output": [saved.url]}

@@ -1,0 +1,126 @@
+"""The `sdserver` command: `serve` and `keys`. Builds the settings once and passes them down."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sdserver import __version__
+from sdserver.auth import KeyStore, Role
+from sdserver.config import Settings
+from sdserver.database import create_db_engine
+from sdserver.errors import SdError
+
+log = logging.getLogger("sdserver")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdserver", description="Self-hosted Stable Diffusion API server.")
+    parser.add_argument("--version", action="version", version=f"sdserver {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="start the API on the configured store (default: embedded)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    _add_data_dir(serve)
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key and print it (shown once)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--admin", action="store_true", help="an admin (enterprise) key")
+    _add_data_dir(create)
+    listing = key_commands.add_parser("list", help="list keys (never their secrets)")
+    _add_data_dir(listing)
+    revoke = key_commands.add_parser("revoke", help="revoke a key by id; it stops working at once")
+    revoke.add_argument("id", type=int)
+    _add_data_dir(revoke)
+    return parser
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="folder for the SQLite file and stored objects")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Flags override SDSERVER_* environment variables, which override the defaults."""
+    overrides: dict[str, Any] = {}
+    for name in ("host", "port", "data_dir"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return Settings(**overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        if args.command == "serve":
+            return serve(settings, log_level=args.log_level)
+        return run_keys_command(settings, args)
+    except SdError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+
+
+def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    keys = KeyStore(create_db_engine(settings.sql_url))
+    if args.keys_command == "create":
+        key, secret = keys.create(args.name, Role.ADMIN if args.admin else Role.USER)
+        print(secret)
+        print(
+            f"created {key.role.value} key #{key.id} '{key.name}' (the key is shown only once)",
+            file=sys.stderr,
+        )
+    elif args.keys_command == "list":
+        print(f"{'id':>4}  {'role':<5}  {'prefix':<9} {'created':<20} {'revoked':<20} name")
+        for key in keys.list():
+            revoked = key.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if key.revoked_at else "-"
+            created = key.created_at.strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{key.id:>4}  {key.role.value:<5}  {key.prefix:<9} {created:<20} {revoked:<20} {key.name}")
+    elif args.keys_command == "revoke":
+        key = keys.revoke(args.id)
+        print(f"revoked key #{key.id} '{key.name}'")
+    return 0
+
+
+def ensure_admin_key(settings: Settings, keys: KeyStore) -> None:
+    """Install SDSERVER_ADMIN_KEY, or create and print one admin key on a store that has no keys."""
+    if settings.admin_key is not None:
+        key, created = keys.ensure(settings.admin_key.get_secret_value(), name="admin (env)", role=Role.ADMIN)
+        if key.revoked_at is not None:
+            log.warning("SDSERVER_ADMIN_KEY is revoked in the key store; it will not be accepted")
+        elif created:
+            log.info("installed the admin key from SDSERVER_ADMIN_KEY as key #%d", key.id)
+        return
+    if keys.count_active() == 0:
+        _, secret = keys.create("admin (first start)", Role.ADMIN)
+        # Printed once, to stdout, so `sdserver serve | head -1` style scripts can capture it.
+        print(f"Admin API key (shown only once, keep it safe): {secret}", flush=True)
+
+
+def serve(settings: Settings, *, log_level: str = "info") -> int:
+    import uvicorn
+
+    from sdserver.api.app import create_app
+    from sdserver.api.services import Services
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    services = Services.build(settings)
+    ensure_admin_key(settings, services.keys)
+    app = create_app(settings, services)
+    log.info("serving on %s (data in %s)", settings.external_base_url, settings.data_dir.resolve())
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, proxy_headers=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The SQL schema and engine set-up shared by every store: SQLite (WAL) by default, PostgreSQL for many hosts."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+metadata = sa.MetaData()
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    # SHA-256 of the whole key: keys are 256-bit random tokens, so a fast hash is enough (no dictionary to guess).
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    # The first characters of the key, shown in listings so people can tell keys apart.
+    sa.Column("key_prefix", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+uploads = sa.Table(
+    "uploads",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("owner_key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=False, index=True),
+    sa.Column("object_key", sa.String(300), nullable=False, unique=True),
+    sa.Column("content_type", sa.String(64), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+server_state = sa.Table(
+    "server_state",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_db_engine(url: str) -> Engine:
+    """Build the engine for a SQLite file or a PostgreSQL URL and make sure the schema exists."""
+    if url.startswith("postgresql://"):
+        # Plain postgresql:// would pick psycopg2, which we do not ship; psycopg 3 is the driver.
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "future": True}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    engine = sa.create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Several API replicas and workers start at once; serialise the CREATE TABLEs between them.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(740233)"))
+        metadata.create_all(conn)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the API read while a worker writes; busy_timeout turns lock contention into a short wait.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def server_secret(engine: Engine, name: str) -> bytes:
+    """A random secret kept in the database, created once and shared by every process using it."""
+    candidate = secrets.token_hex(32)
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(server_state.c.value).where(server_state.c.name == name)).first()
+        if row is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(sa.insert(server_state).values(name=name, value=candidate))
+            except sa.exc.IntegrityError:
+                pass  # another process created it first; read theirs below
+            row = conn.execute(sa.select(server_state.c.value).where(server_state.c.name == name)).one()
+    return bytes.fromhex(row[0])

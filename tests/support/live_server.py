@@ -1,0 +1,64 @@
+"""Runs the real app under uvicorn on a free loopback port in a background thread, for HTTP-level tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from sdserver.api.app import create_app
+from sdserver.api.services import Services
+from sdserver.auth import Role
+from sdserver.config import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test server: its own data dir and port, nothing read from the environment."""
+    values: dict[str, Any] = {"data_dir": data_dir, "host": "127.0.0.1", "port": free_port()}
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    services: Services
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def new_key(self, role: Role = Role.USER, name: str = "test") -> str:
+        return self.services.keys.create(name, role)[1]
+
+
+@contextmanager
+def run_server(settings: Settings) -> Iterator[LiveServer]:
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    try:
+        yield LiveServer(base_url=settings.external_base_url, services=app.state.services)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        app.state.services.engine.dispose()

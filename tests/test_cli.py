@@ -1,0 +1,133 @@
+"""The `sdserver` command as a newcomer runs it: keys management, and `serve` on the embedded default."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.image_files import png_bytes
+from tests.support.live_server import free_port
+
+SDSERVER = [sys.executable, "-m", "sdserver.cli"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SDSERVER, *args], capture_output=True, text=True, timeout=60, env=env or _clean_env())
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SDSERVER_")}
+    env.update(extra)
+    return env
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    created = run_cli("keys", "create", "--name", "my app", "--data-dir", str(tmp_path))
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert secret.startswith("sd_") and len(secret) > 30
+    admin = run_cli("keys", "create", "--name", "ops", "--admin", "--data-dir", str(tmp_path))
+    assert admin.returncode == 0
+    listed = run_cli("keys", "list", "--data-dir", str(tmp_path))
+    assert "my app" in listed.stdout and "ops" in listed.stdout and "admin" in listed.stdout
+    assert secret not in listed.stdout
+    revoked = run_cli("keys", "revoke", "1", "--data-dir", str(tmp_path))
+    assert revoked.returncode == 0 and "revoked key #1" in revoked.stdout
+    missing = run_cli("keys", "revoke", "42", "--data-dir", str(tmp_path))
+    assert missing.returncode == 2 and "No key with id 42" in missing.stderr
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[str], base_url: str):
+        self.process = process
+        self.base_url = base_url
+
+
+def _start(data_dir: Path, env: dict[str, str]) -> Served:
+    port = free_port()
+    process = subprocess.Popen(
+        [*SDSERVER, "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base_url + "/healthz", timeout=1).status_code == 200:
+                return Served(process, base_url)
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError("sdserver serve exited early")
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("sdserver serve did not become ready")
+
+
+@pytest.fixture
+def stop_all() -> Iterator[list[subprocess.Popen[str]]]:
+    processes: list[subprocess.Popen[str]] = []
+    yield processes
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_serve_prints_a_first_admin_key_once_and_serves_uploads(
+    tmp_path: Path, stop_all: list[subprocess.Popen[str]]
+) -> None:
+    served = _start(tmp_path, _clean_env())
+    stop_all.append(served.process)
+    assert served.process.stdout is not None
+    first_line = served.process.stdout.readline()
+    assert "Admin API key" in first_line
+    key = first_line.strip().rsplit(" ", 1)[-1]
+    original = png_bytes(12, 9)
+    reply = httpx.post(
+        served.base_url + "/api/v1/enterprise/upload_image",
+        json={"key": key, "base64_image": base64.b64encode(original).decode()},
+    ).json()
+    assert reply["status"] == "success"
+    assert reply["image_url"].startswith(served.base_url + "/files/uploads/")
+    assert httpx.get(reply["image_url"]).content == original
+    served.process.terminate()
+    served.process.wait(timeout=10)
+
+    # A second start on the same data dir has keys already: nothing new is created or printed.
+    again = _start(tmp_path, _clean_env())
+    stop_all.append(again.process)
+    again.process.terminate()
+    out, _ = again.process.communicate(timeout=10)
+    assert "Admin API key" not in out
+    listed = run_cli("keys", "list", "--data-dir", str(tmp_path))
+    assert listed.stdout.count("admin (first start)") == 1
+
+
+def test_serve_installs_the_admin_key_from_the_environment(
+    tmp_path: Path, stop_all: list[subprocess.Popen[str]]
+) -> None:
+    env = _clean_env(SDSERVER_ADMIN_KEY="operator-admin-key-0123456789")
+    served = _start(tmp_path, env)
+    stop_all.append(served.process)
+    reply = httpx.post(
+        served.base_url + "/api/v6/base64_to_url",
+        json={
+            "key": "operator-admin-key-0123456789",
+            "base64_string": base64.b64encode(png_bytes()).decode(),
+        },
+    ).json()
+    assert reply["status"] == "success"
+    served.process.terminate()
+    out, _ = served.process.communicate(timeout=10)
+    assert "operator-admin-key" not in out
