@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol, TypeAlias
 
 import anyio.to_thread
-from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+from PIL import Image, ImageChops, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 from sdserver.config import Settings
 from sdserver.errors import (
@@ -27,9 +27,11 @@ from sdserver.errors import (
 from sdserver.netguard import FetchPolicy, fetch_url
 
 ImageFormat: TypeAlias = Literal["png", "jpeg", "webp"]
+# File extensions of stored images (the object store's key suffixes).
+ImageExtension: TypeAlias = Literal["png", "jpg", "webp"]
 
 _CONTENT_TYPES: dict[ImageFormat, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-_EXTENSIONS: dict[ImageFormat, str] = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+_EXTENSIONS: dict[ImageFormat, ImageExtension] = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 # Opening through the plugin class (not Image.open) reads only the header and skips Pillow's global
 # MAX_IMAGE_PIXELS check, so our own per-call pixel limit is the one that applies, thread-safely.
 _OPENERS: dict[ImageFormat, type[ImageFile.ImageFile]] = {
@@ -81,11 +83,11 @@ class DecodedImage:
         return _CONTENT_TYPES[self.format]
 
     @property
-    def ext(self) -> str:
+    def ext(self) -> ImageExtension:
         return _EXTENSIONS[self.format]
 
     def to_pil(self) -> Image.Image:
-        """The decoded pixels, upright (EXIF orientation applied), in mode RGB, or RGBA if any transparency."""
+        """The decoded pixels, upright (EXIF orientation applied), as RGB, or RGBA if any transparency."""
         image = _open_header(self.data, self.format)
         image.load()
         return normalize_mode(ImageOps.exif_transpose(image))
@@ -103,7 +105,7 @@ class IssuedObjectReader(Protocol):
 
 
 def decode_base64_payload(text: str, *, field: str, max_bytes: int | None = None) -> bytes:
-    """Raw base64 or a `data:...;base64,` URL to bytes; whitespace, URL-safe alphabet and no padding are fine."""
+    """Raw base64 or a `data:...;base64,` URL to bytes; tolerates whitespace, URL-safe alphabet, no padding."""
     payload = text.strip()
     if payload[:5].lower() == "data:":
         match = _DATA_URL.match(payload)
@@ -183,7 +185,8 @@ def inspect_image(data: bytes, limits: ImageLimits, *, field: str) -> DecodedIma
     except Image.DecompressionBombError:
         raise ImageTooManyPixelsError(field=field) from None
     except Exception as exc:
-        raise ImageDecodeError(f"the {fmt.upper()} data is corrupt or truncated ({exc})", field=field) from None
+        reason = f"the {fmt.upper()} data is corrupt or truncated ({exc})"
+        raise ImageDecodeError(reason, field=field) from None
     return DecodedImage(data=data, format=fmt, width=width, height=height)
 
 
@@ -230,8 +233,9 @@ def normalize_mode(image: Image.Image) -> Image.Image:
     if "transparency" in image.info or image.mode in ("P", "PA", "LA", "La", "RGBa"):
         image = image.convert("RGBA")
     if image.mode == "RGBA":
-        alpha_min, _ = image.getchannel("A").getextrema()
-        return image if alpha_min < 255 else image.convert("RGB")
+        # A fully opaque alpha channel carries nothing; dropping it keeps pipelines on plain RGB.
+        opaque = ImageChops.invert(image.getchannel("A")).getbbox() is None
+        return image.convert("RGB") if opaque else image
     return image if image.mode == "RGB" else image.convert("RGB")
 
 

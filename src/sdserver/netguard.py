@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ _METADATA = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_HOST_CHARS = re.compile(r"[A-Za-z0-9._:%-]+")
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,8 @@ def _classify(ip: IPAddress) -> str | None:
         (ip.is_link_local, "a link-local address"),
         (ip in _CGNAT, "a carrier-grade NAT address"),
         (ip.is_multicast, "a multicast address"),
-        (ip.is_private, "a private address"),
         (ip.is_reserved, "a reserved address"),
+        (ip.is_private, "a private address"),
         (not ip.is_global, "a non-public address"),
     )
     return next((reason for hit, reason in checks if hit), None)
@@ -166,9 +168,12 @@ def _split_url(url: str) -> tuple[SplitResult, str, int]:
     if not host:
         raise _Refused(f"{url!r} has no host")
     try:
-        host = host.encode("idna").decode("ascii")
+        ascii_host = host.encode("idna").decode("ascii")
     except UnicodeError:
-        raise _Refused(f"{host!r} is not a valid host name") from None
+        ascii_host = ""
+    if not _HOST_CHARS.fullmatch(ascii_host):
+        raise _Refused(f"{host!r} is not a valid host name")
+    host = ascii_host
     return parts, host, port or (443 if scheme == "https" else 80)
 
 
@@ -261,10 +266,7 @@ def _next_hop(
     content: bytes | None,
 ) -> tuple[str, str, dict[str, str], bytes | None]:
     """URL, method, headers and body of the request a redirect asks for."""
-    location = response.headers.get("location", "").strip()
-    if not location:
-        raise FetchError(f"the server answered HTTP {response.status_code} without a Location")
-    url = urljoin(target.url, location)
+    url = urljoin(target.url, response.headers["location"].strip())
     if response.status_code in _REDIRECT_TO_GET and method != "HEAD":
         method, content = "GET", None
         headers = {k: v for k, v in headers.items() if k.lower() not in ("content-type", "content-length")}
@@ -291,7 +293,8 @@ async def _follow(
             raise FetchError(f"refused: {prefix}{refusal.detail}") from None
         response = await _send(client, method, target, headers, content)
         try:
-            if follow_redirects and response.status_code in _REDIRECT_CODES:
+            # A 3xx without Location is no redirect (RFC 9110); it goes back to the caller as is.
+            if follow_redirects and response.status_code in _REDIRECT_CODES and "location" in response.headers:
                 if redirects >= policy.max_redirects:
                     raise FetchError(f"too many redirects (the limit is {policy.max_redirects})")
                 redirects += 1
@@ -334,6 +337,8 @@ async def guarded_request(
         raise FetchError(exc.reason, field=field) from None
     except (TimeoutError, httpx.TimeoutException):
         raise FetchError(f"timed out after {policy.timeout_s} s", field=field) from None
+    except httpx.InvalidURL as exc:
+        raise FetchError(f"refused: the URL is not valid ({exc})", field=field) from None
     except httpx.HTTPError as exc:
         raise FetchError(f"the connection failed: {str(exc) or type(exc).__name__}", field=field) from None
 

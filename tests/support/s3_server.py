@@ -82,8 +82,9 @@ def _start_once(weed: str, run_dir: Path, stack: ExitStack) -> S3Server:
     """Start one process (stopped by `stack`), wait for it to serve S3 and create the bucket."""
     (run_dir / "data").mkdir(parents=True)
     (run_dir / "logs").mkdir()
+    ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
     server = S3Server(
-        endpoint_url="",
+        endpoint_url=f"http://127.0.0.1:{ports['-s3.port']}",
         access_key="AK" + secrets.token_hex(8).upper(),
         secret_key=secrets.token_urlsafe(30),
         region="us-east-1",
@@ -91,14 +92,6 @@ def _start_once(weed: str, run_dir: Path, stack: ExitStack) -> S3Server:
     )
     config_path = run_dir / "s3.json"
     config_path.write_text(json.dumps(_identity_config(server)))
-    ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
-    server = S3Server(
-        endpoint_url=f"http://127.0.0.1:{ports['-s3.port']}",
-        access_key=server.access_key,
-        secret_key=server.secret_key,
-        region=server.region,
-        bucket=server.bucket,
-    )
     log_path = run_dir / "weed.log"
     log_file = stack.enter_context(log_path.open("wb"))
     process = subprocess.Popen(
@@ -108,7 +101,7 @@ def _start_once(weed: str, run_dir: Path, stack: ExitStack) -> S3Server:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    stack.callback(_remove_sockets, ports.values())
+    stack.callback(_remove_sockets, list(ports.values()))
     stack.callback(_stop, process)
     _wait_until_ready(server, process, log_path)
     return server
@@ -129,6 +122,9 @@ def _command(weed: str, run_dir: Path, config_path: Path, ports: dict[str, int])
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-master.telemetry=false",
+        # Single master, no Raft election: otherwise the volume server's first heartbeat can race the
+        # election and wait 5 s to retry.
+        "-master.peers=none",
         # Each bucket is a collection with its own volumes; small volumes and a high cap let many buckets exist.
         "-master.volumeSizeLimitMB=64",
         "-volume.max=200",
@@ -183,8 +179,10 @@ def _create_bucket(client: S3Client, bucket: str) -> None:
 
 
 def _client(endpoint_url: str, access_key: str, secret_key: str, region: str, *, quick: bool = False) -> S3Client:
-    timeouts = {"connect_timeout": 1, "read_timeout": 5, "retries": {"max_attempts": 1}} if quick else {}
-    config = Config(signature_version="s3v4", s3={"addressing_style": "path"}, **timeouts)
+    config = Config(signature_version="s3v4", s3={"addressing_style": "path"})
+    if quick:
+        # Readiness polls must fail fast and not hide behind botocore's retries.
+        config = config.merge(Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1}))
     # A session per client: the default session is not safe to share between threads.
     return boto3.session.Session().client(
         "s3",
@@ -203,7 +201,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         return
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=3)
+        process.wait(timeout=1)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
@@ -211,9 +209,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
-def _remove_sockets(ports: Iterator[int] | object) -> None:
-    assert isinstance(ports, type({}.values())) or isinstance(ports, list | tuple)
-    for port in ports:  # type: ignore[attr-defined]
+def _remove_sockets(ports: list[int]) -> None:
+    for port in ports:
         for name in _SOCKET_NAMES:
             Path(f"/tmp/seaweedfs-{name}-{port}.sock").unlink(missing_ok=True)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdserver.storage import LocalObjectStore, ObjectStore, create_object_store
 from sqlalchemy.engine import Engine
 
 from sdserver.auth import KeyStore
@@ -12,6 +11,7 @@ from sdserver.config import Settings
 from sdserver.database import create_db_engine, server_secret
 from sdserver.images import ImageLimits
 from sdserver.netguard import FetchPolicy
+from sdserver.storage import LocalObjectStore, ObjectStore, create_object_store
 from sdserver.uploads import UploadRegistry
 
 
