@@ -71,11 +71,32 @@ class Settings(BaseSettings):
     fetch_timeout_s: float = Field(default=15.0, gt=0)
     fetch_max_redirects: int = Field(default=5, ge=0, le=20)
 
+    # Jobs. A worker holds a lease on what it runs and renews it every lease_s/3; a lease not renewed
+    # in time (crashed worker) puts the job back in the queue, at most job_max_attempts runs in all.
+    job_lease_s: float = Field(default=30.0, ge=1.0)
+    job_max_attempts: int = Field(default=3, ge=1, le=20)
+    # How long a generation request waits for its job before answering `processing`.
+    sync_wait_s: float = Field(default=5.0, ge=0.0, le=300.0)
+    # Fair use: queued + running jobs one key may have at once.
+    max_active_jobs_per_key: int = Field(default=100, ge=1)
+    # Local worker subprocesses `serve` starts (0: API only).
+    workers: int = Field(default=1, ge=0, le=64)
+    # Worker engines: "diffusers", "upscale", and "test" (deterministic fakes for tests and demos).
+    engines: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["diffusers", "upscale"])
+    # How often an idle worker looks for work when the store cannot push wake-ups (SQLite).
+    worker_poll_s: float = Field(default=0.2, gt=0.0, le=10.0)
+
+    # Webhooks: signed with HMAC-SHA256 (secret generated and kept in the database when not given).
+    webhook_secret: SecretStr | None = None
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=6, ge=1, le=20)
+    webhook_backoff_s: float = Field(default=2.0, gt=0)
+
     # ModelsLab paths answer HTTP 200 + status:"error" (what their clients expect); true sends real codes.
     real_status_codes: bool = False
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
 
-    _split_allowlist = field_validator("fetch_allowlist", "cors_origins", mode="before")(_split_list)
+    _split_allowlist = field_validator("fetch_allowlist", "cors_origins", "engines", mode="before")(_split_list)
 
     @field_validator("base_url", "s3_public_base_url")
     @classmethod

@@ -126,6 +126,13 @@ class StorageError(SdError):
     default_message = "The object store is unavailable; nothing was stored, try again"
 
 
+class LeaseLostError(SdError):
+    """A worker acted on a job it no longer owns (its lease expired and the job was claimed again)."""
+
+    code = "lease_lost"
+    default_message = "The job's lease was lost"
+
+
 def show_value(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
