@@ -27,7 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     _add_data_dir(serve)
+    serve.add_argument("--workers", type=int, help="local worker processes to start (default 1; 0: API only)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    worker = commands.add_parser("worker", help="run one worker process (owns the device) against the store")
+    _add_data_dir(worker)
+    worker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -50,7 +55,7 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Flags override SDSERVER_* environment variables, which override the defaults."""
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "data_dir"):
+    for name in ("host", "port", "data_dir", "workers"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -63,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
         if args.command == "serve":
             return serve(settings, log_level=args.log_level)
+        if args.command == "worker":
+            return worker(settings, log_level=args.log_level)
         return run_keys_command(settings, args)
     except SdError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -111,15 +118,39 @@ def serve(settings: Settings, *, log_level: str = "info") -> int:
 
     from sdserver.api.app import create_app
     from sdserver.api.services import Services
+    from sdserver.worker.supervisor import WorkerSupervisor
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     services = Services.build(settings)
     ensure_admin_key(settings, services.keys)
     app = create_app(settings, services)
-    log.info("serving on %s (data in %s)", settings.external_base_url, settings.data_dir.resolve())
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, proxy_headers=True)
+    supervisor = WorkerSupervisor(settings, settings.workers, log_level=log_level)
+    supervisor.start()
+    log.info(
+        "serving on %s with %d local worker(s) (data in %s)",
+        settings.external_base_url,
+        settings.workers,
+        settings.data_dir.resolve(),
+    )
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, proxy_headers=True)
+    finally:
+        # Workers finish or release their current job: nothing is lost by stopping the server.
+        supervisor.stop(timeout=30)
     return 0
+
+
+def worker(settings: Settings, *, log_level: str = "info") -> int:
+    from sdserver.worker.main import run_worker
+
+    _configure_logging(log_level)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return run_worker(settings)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 if __name__ == "__main__":

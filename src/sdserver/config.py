@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=0, le=64)
     # Worker engines: "diffusers", "upscale", and "test" (deterministic fakes for tests and demos).
     engines: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["diffusers", "upscale"])
+    # Model used when a generation request names none (the vendor requires model_id; we allow a default).
+    default_model_id: str | None = None
     # How often an idle worker looks for work when the store cannot push wake-ups (SQLite).
     worker_poll_s: float = Field(default=0.2, gt=0.0, le=10.0)
 

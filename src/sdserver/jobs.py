@@ -16,6 +16,10 @@ class JobKind(StrEnum):
     SUPER_RESOLUTION = "super_resolution"
 
 
+# Model ids served by the deterministic test engine (engines=["test"]): test-ok, test-slow, test-raise, ...
+TEST_MODEL_PREFIX = "test-"
+
+
 class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"

@@ -25,3 +25,19 @@ def start_postgres(workdir: Path) -> Iterator[str]:
         yield f"postgresql+psycopg://postgres@/sdserver_test?host={socket_dir}"
     finally:
         server.cleanup()
+
+
+def fresh_database(url: str, name: str | None = None) -> str:
+    """Create an empty database on the same server and return its URL, for tests that need isolation."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = name or f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return str(sa.make_url(url).set(database=name).render_as_string(hide_password=False))

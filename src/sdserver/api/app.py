@@ -13,10 +13,13 @@ from starlette.concurrency import run_in_threadpool
 
 from sdserver import __version__
 from sdserver.api.body_limit import BodyLimitMiddleware
+from sdserver.api.job_replies import webhook_body
 from sdserver.api.replies import install_error_handlers, is_stablecog_path
-from sdserver.api.routes import files, health, stablecog, uploads
+from sdserver.api.routes import files, generation, health, jobs, stablecog, uploads
 from sdserver.api.services import Services
 from sdserver.config import Settings
+from sdserver.netguard import FetchPolicy
+from sdserver.webhooks import WebhookSender, webhook_secret
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +33,21 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        purger = asyncio.create_task(_purge_expired_forever(services))
+        tasks = [
+            asyncio.create_task(_purge_expired_forever(services)),
+            asyncio.create_task(_requeue_expired_forever(services)),
+            asyncio.create_task(_webhook_sender(services).run_forever()),
+        ]
         try:
             yield
         finally:
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            # Stops the store's LISTEN thread on PostgreSQL.
+            services.jobs.close()
 
     app = FastAPI(
         title="sdserver",
@@ -61,7 +72,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         allow_credentials=False,
     )
     install_error_handlers(app, settings)
-    for module in (health, files, uploads, stablecog):
+    for module in (health, files, uploads, stablecog, generation, jobs):
         app.include_router(module.router)
     return app
 
@@ -78,3 +89,26 @@ async def _purge_expired_forever(services: Services) -> None:
             # A store outage must not kill the loop; the next round tries again.
             log.exception("purging expired temporary objects failed")
         await asyncio.sleep(_PURGE_INTERVAL_S)
+
+
+def _webhook_sender(services: Services) -> WebhookSender:
+    """Webhooks leave from the API process, never from a worker's device loop."""
+    settings = services.settings
+    return WebhookSender(
+        services.jobs,
+        FetchPolicy.from_settings(settings),
+        webhook_secret(settings, services.engine),
+        lambda job: webhook_body(job, services.store.get),
+        settings,
+    )
+
+
+async def _requeue_expired_forever(services: Services) -> None:
+    """Put jobs of dead workers back in the queue even while no worker is alive to do it."""
+    interval = max(1.0, services.settings.job_lease_s / 3)
+    while True:
+        try:
+            await run_in_threadpool(services.jobs.requeue_expired)
+        except Exception:
+            log.exception("re-queueing expired jobs failed")
+        await asyncio.sleep(interval)

@@ -53,6 +53,35 @@ def parse_required_text(value: object) -> str:
     return text
 
 
+def parse_number(value: object) -> float | None:
+    """`512`, `512.0` and `"512"` are the same number; absent values are None; anything else is an error."""
+    if is_absent(value):
+        return None
+    if isinstance(value, bool):
+        raise PydanticCustomError("number", "must be a number")
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise PydanticCustomError("number", "must be a number") from None
+    else:
+        raise PydanticCustomError("number", "must be a number")
+    if number != number or number in (float("inf"), float("-inf")):
+        raise PydanticCustomError("number", "must be a finite number")
+    return number
+
+
+def parse_integer(value: object) -> int | None:
+    number = parse_number(value)
+    if number is None:
+        return None
+    if not number.is_integer():
+        raise PydanticCustomError("integer", "must be a whole number")
+    return int(number)
+
+
 def parse_choice(value: object) -> object:
     """Choices are matched without regard to case or surrounding spaces."""
     if is_absent(value):
@@ -68,6 +97,8 @@ def _yes_no(value: bool | None) -> str | None:
 Flag = Annotated[bool | None, BeforeValidator(parse_flag), PlainSerializer(_yes_no)]
 OptionalText = Annotated[str | None, BeforeValidator(parse_optional_text)]
 RequiredText = Annotated[str, BeforeValidator(parse_required_text)]
+LenientInt = Annotated[int | None, BeforeValidator(parse_integer)]
+LenientFloat = Annotated[float | None, BeforeValidator(parse_number)]
 
 _RULES = {
     "missing": "is required",
@@ -76,6 +107,10 @@ _RULES = {
     "literal_error": "must be one of {expected}",
     "flag": "must be a flag (yes/no, true/false, 1/0)",
     "text": "must be a string",
+    "number": "must be a number",
+    "integer": "must be a whole number",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
 }
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
+from sdserver.api.models import ModelCatalog
 from sdserver.auth import KeyStore
 from sdserver.config import Settings
 from sdserver.database import create_db_engine, server_secret
 from sdserver.images import ImageLimits
 from sdserver.netguard import FetchPolicy
 from sdserver.storage import LocalObjectStore, ObjectStore, create_object_store
+from sdserver.store import JobStore
 from sdserver.uploads import UploadRegistry
 
 
@@ -20,6 +22,8 @@ class Services:
     settings: Settings
     engine: Engine
     keys: KeyStore
+    jobs: JobStore
+    models: ModelCatalog
     uploads: UploadRegistry
     # The active object store (local folder or S3), where new objects go.
     store: ObjectStore
@@ -49,6 +53,8 @@ class Services:
             settings=settings,
             engine=engine,
             keys=KeyStore(engine),
+            jobs=JobStore(engine),
+            models=ModelCatalog(settings),
             uploads=UploadRegistry(engine, settings.temp_ttl_s),
             store=store,
             local_files=local_files,

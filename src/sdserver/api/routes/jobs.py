@@ -1,0 +1,113 @@
+"""`fetch` and `cancel` of jobs, in both forms (`/fetch/{id}` and `/fetch` + request_id), under every prefix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+
+from sdserver.api.aliases import PREFIXES
+from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
+from sdserver.api.fields import LenientInt, validate_request
+from sdserver.api.job_flow import render_job
+from sdserver.api.schemas import LenientRequest, openapi_body
+from sdserver.auth import ApiKey
+from sdserver.errors import NotFoundError, ValidationError
+from sdserver.jobs import JobStatus
+
+router = APIRouter(tags=["jobs"])
+
+
+class FetchRequest(LenientRequest):
+    request_id: LenientInt = Field(default=None, description="The job id (string or number).")
+
+
+def _job_id_from_path(raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise NotFoundError() from None
+
+
+def _job_id_from_body(params: dict[str, Any]) -> int:
+    job_id = validate_request(FetchRequest, params).request_id
+    if job_id is None:
+        raise ValidationError.for_field("request_id", "is required", None)
+    return job_id
+
+
+def _owner_filter(caller: ApiKey) -> int | None:
+    # Admin keys operate the server and may look at every job; user keys only at their own.
+    return None if caller.is_admin else caller.id
+
+
+async def fetch_by_path(job_id: str, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
+    job = await run_in_threadpool(services.jobs.get, _job_id_from_path(job_id), owner_key_id=_owner_filter(caller))
+    return await render_job(services, job)
+
+
+async def fetch_by_body(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
+    job_id = _job_id_from_body(params.values)
+    job = await run_in_threadpool(services.jobs.get, job_id, owner_key_id=_owner_filter(caller))
+    return await render_job(services, job)
+
+
+async def cancel_by_path(job_id: str, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
+    return await _cancel(services, caller, _job_id_from_path(job_id))
+
+
+async def cancel_by_body(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
+    return await _cancel(services, caller, _job_id_from_body(params.values))
+
+
+async def _cancel(services: ServicesDep, caller: ApiKey, job_id: int) -> dict[str, Any]:
+    job = await run_in_threadpool(services.jobs.cancel, job_id, owner_key_id=_owner_filter(caller))
+    if job.status is JobStatus.CANCELLED:
+        message = "Request cancelled"
+    elif job.status.is_terminal:
+        message = f"The request already ended ({job.status.value}); nothing to cancel"
+    else:
+        message = "Cancel requested; the job stops at its next step"
+    return {"status": "success", "id": job.id, "message": message, "job_status": job.status.value}
+
+
+def _register() -> None:
+    body_doc = openapi_body(FetchRequest)
+    for index, prefix in enumerate(PREFIXES):
+        documented = index == 0  # one documented copy; the aliases behave the same
+        methods = ["POST", "GET"]
+        router.add_api_route(
+            f"{prefix}/fetch/{{job_id}}",
+            fetch_by_path,
+            methods=methods,
+            include_in_schema=documented,
+            summary="Fetch a job's result or progress",
+        )
+        router.add_api_route(
+            f"{prefix}/fetch",
+            fetch_by_body,
+            methods=["POST"],
+            include_in_schema=documented,
+            summary="Fetch a job's result or progress (request_id in the body)",
+            openapi_extra=body_doc,
+        )
+        router.add_api_route(
+            f"{prefix}/cancel/{{job_id}}",
+            cancel_by_path,
+            methods=["POST"],
+            include_in_schema=documented,
+            summary="Cancel a queued or running job",
+        )
+        router.add_api_route(
+            f"{prefix}/cancel",
+            cancel_by_body,
+            methods=["POST"],
+            include_in_schema=documented,
+            summary="Cancel a queued or running job (request_id in the body)",
+            openapi_extra=body_doc,
+        )
+
+
+_register()

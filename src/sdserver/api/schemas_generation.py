@@ -1,0 +1,149 @@
+"""Request schema of the generation endpoints (text2img for now) and the rules that turn it into job params."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import BeforeValidator, Field
+
+from sdserver.api.fields import Flag, LenientFloat, LenientInt, OptionalText, RequiredText, is_absent
+from sdserver.api.schemas import LenientRequest
+from sdserver.errors import ValidationError
+
+MAX_SIDE = 1024
+MIN_SIDE = 64
+MAX_SAMPLES = 4
+MAX_STEPS = 50
+SEED_LIMIT = 2**32
+
+
+def _parse_track_id(value: object) -> str | int | None:
+    """Echoed unchanged, string or integer, as the client sent it."""
+    if is_absent(value):
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return str(value)
+    return value
+
+
+TrackId = Annotated[str | int | None, BeforeValidator(_parse_track_id)]
+
+
+class Text2ImgRequest(LenientRequest):
+    prompt: RequiredText = Field(description="What to draw.")
+    negative_prompt: OptionalText = Field(default=None, description="What to avoid.")
+    model_id: OptionalText = Field(default=None, description="A loaded model id.")
+    width: LenientInt = Field(default=None, description="Output width, 64–1024 (rounded down to a multiple of 8).")
+    height: LenientInt = Field(default=None, description="Output height, 64–1024 (rounded down to a multiple of 8).")
+    samples: LenientInt = Field(default=None, description="Images to make, 1–4.")
+    num_inference_steps: LenientInt = Field(default=None, description="Denoising steps, 1–50 (more is capped).")
+    guidance_scale: LenientFloat = Field(default=None, description="Prompt guidance, 1–20.")
+    seed: LenientInt = Field(default=None, description="Seed; empty for a random one (the used seed is returned).")
+    scheduler: OptionalText = Field(default=None, description="Scheduler class name.")
+    webhook: OptionalText = Field(default=None, description="URL that receives the result when the job ends.")
+    track_id: TrackId = Field(default=None, description="Echoed unchanged in the webhook.")
+    instant_response: Flag = Field(default=None, description="yes: answer `processing` at once, never wait.")
+    base64: Flag = Field(default=None, description="yes: `output` holds base64 PNG strings instead of URLs.")
+    temp: Flag = Field(default=None, description="yes: output links expire after 24 hours.")
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Validated, defaulted parameters: what the worker runs and what `meta` echoes."""
+
+    prompt: str
+    negative_prompt: str
+    model_id: str
+    width: int
+    height: int
+    samples: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    scheduler: str
+    webhook: str | None
+    track_id: str | int | None
+    instant_response: bool
+    base64: bool
+    temp: bool
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "model_id": self.model_id,
+            "scheduler": self.scheduler,
+            "W": self.width,
+            "H": self.height,
+            "guidance_scale": self.guidance_scale,
+            "steps": self.steps,
+            "n_samples": self.samples,
+            "seed": self.seed,
+            "temp": "yes" if self.temp else "no",
+            "base64": "yes" if self.base64 else "no",
+        }
+
+
+def resolve_text2img(request: Text2ImgRequest, *, default_model: str) -> GenerationParams:
+    return GenerationParams(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt or "",
+        model_id=request.model_id or default_model,
+        width=_side("width", request.width),
+        height=_side("height", request.height),
+        samples=_in_range("samples", request.samples, 1, 1, MAX_SAMPLES),
+        # Above the maximum is capped, not refused; meta.steps shows the value used.
+        steps=min(_in_range("num_inference_steps", request.num_inference_steps, 20, 1, None), MAX_STEPS),
+        guidance_scale=_float_in_range("guidance_scale", request.guidance_scale, 7.5, 1.0, 20.0),
+        seed=_seed(request.seed),
+        scheduler=request.scheduler or "UniPCMultistepScheduler",
+        webhook=_webhook(request.webhook),
+        track_id=request.track_id,
+        instant_response=bool(request.instant_response),
+        base64=bool(request.base64),
+        temp=bool(request.temp),
+    )
+
+
+def _in_range(field: str, value: int | None, default: int, low: int, high: int | None) -> int:
+    if value is None:
+        return default
+    if value < low:
+        raise ValidationError.for_field(field, f"must be at least {low}", value)
+    if high is not None and value > high:
+        raise ValidationError.for_field(field, f"must be at most {high}", value)
+    return value
+
+
+def _float_in_range(field: str, value: float | None, default: float, low: float, high: float) -> float:
+    if value is None:
+        return default
+    if not low <= value <= high:
+        raise ValidationError.for_field(field, f"must be between {low:g} and {high:g}", value)
+    return value
+
+
+def _side(field: str, value: int | None) -> int:
+    side = _in_range(field, value, 512, MIN_SIDE, MAX_SIDE)
+    # Latent diffusion works on 8-pixel blocks; round down like the vendor and A1111 do.
+    return side - side % 8
+
+
+def _seed(value: int | None) -> int:
+    if value is None or value == -1:
+        return secrets.randbelow(SEED_LIMIT)
+    if not 0 <= value < SEED_LIMIT:
+        raise ValidationError.for_field("seed", f"must be between 0 and {SEED_LIMIT - 1}", value)
+    return value
+
+
+def _webhook(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError.for_field("webhook", "must be an http(s) URL", value)
+    return value

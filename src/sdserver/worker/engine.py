@@ -1,0 +1,88 @@
+"""The seam between the worker loop and the engines that make images, and the engine factory for `settings.engines`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sdserver.jobs import Job, JobKind
+
+if TYPE_CHECKING:
+    from sdserver.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Engines later issues add; naming one today is not an error, it is skipped with a warning.
+PLANNED_ENGINES = frozenset({"diffusers", "upscale"})
+
+
+class JobCancelled(Exception):
+    """Raised from `StepContext.step` when the job must stop: cancel requested, lease lost, or worker stopping."""
+
+
+class DeviceOutOfMemory(Exception):
+    """The device ran out of memory on this job. Engines raise it after freeing what they can; the worker lives on."""
+
+
+class DeviceFailure(Exception):
+    """The device is in a state the process cannot recover from: the job fails and the worker exits."""
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """What one job produced: encoded PNG bytes, one per output key, and additions to the reply's `meta`."""
+
+    images: list[bytes]
+    meta: dict[str, Any]
+
+
+class StepContext(Protocol):
+    def step(self, done: int, total: int) -> None:
+        """Report progress; raises JobCancelled when the engine must stop (call it at least once per step)."""
+        ...
+
+
+class Engine(Protocol):
+    """Makes images for jobs. `kinds()` and `models()` are what the worker claims for it, so together they
+    must describe exactly the jobs `handles` accepts."""
+
+    name: str
+
+    def kinds(self) -> Collection[JobKind]: ...
+    def handles(self, job: Job) -> bool: ...
+    def models(self) -> Collection[str] | None: ...
+
+    def held_models(self) -> Collection[str]:
+        """Models loaded now (claim affinity)."""
+        ...
+
+    def run(self, jobs: Sequence[Job], ctx: Callable[[Job], StepContext]) -> list[EngineOutput]:
+        """Run a batch of jobs that share a batch signature; one output per job, in order."""
+        ...
+
+    def clear(self) -> None:
+        """Drop loaded models."""
+        ...
+
+
+def build_engines(settings: Settings) -> list[Engine]:
+    """The engines `settings.engines` names, in that order."""
+    # Imported here: engine modules import this one, and heavy engines must load only when named.
+    from sdserver.worker.test_engine import TestEngine
+
+    engines: list[Engine] = []
+    seen: set[str] = set()
+    for name in settings.engines:
+        if name in seen:
+            continue
+        seen.add(name)
+        if name == TestEngine.name:
+            engines.append(TestEngine())
+        elif name in PLANNED_ENGINES:
+            log.warning("engine %r is not available yet; skipped", name)
+        else:
+            known = ", ".join(sorted({*PLANNED_ENGINES, TestEngine.name}))
+            raise ValueError(f"engines: unknown engine {name!r}; known engines are {known}")
+    return engines

@@ -1,0 +1,122 @@
+"""A worker process: builds its stores and engines from the settings and works until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from types import FrameType
+
+from sqlalchemy.engine import Engine as DbEngine
+
+from sdserver.config import Settings
+from sdserver.database import create_db_engine, server_secret
+from sdserver.storage import ObjectStore, create_object_store
+from sdserver.worker.engine import build_engines
+from sdserver.worker.loop import Worker
+
+log = logging.getLogger(__name__)
+
+EXIT_CONFIG_ERROR = 2
+# How often a supervised worker checks that its supervisor is still alive.
+PARENT_CHECK_S = 1.0
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def build_object_store(settings: Settings, engine: DbEngine) -> ObjectStore:
+    """The same store the API builds: same folder or bucket, same link-signing secret."""
+    secret = (
+        settings.signing_secret.get_secret_value().encode()
+        if settings.signing_secret
+        else server_secret(engine, "link_signing")
+    )
+    return create_object_store(settings, signing_secret=secret)
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    worker_id: str | None = None,
+    grace_s: float = 30.0,
+    stop: threading.Event | None = None,
+) -> int:
+    """Run one worker until stopped: 0 after a graceful stop, 3 after a device failure, 2 on bad settings."""
+    # Imported here so importing this module (e.g. for `settings_to_env`) does not need the job store yet.
+    from sdserver.store import JobStore
+
+    try:
+        engines = build_engines(settings)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG_ERROR
+    if not engines:
+        log.error("no engine to run: settings.engines names none that is available (%s)", settings.engines)
+        return EXIT_CONFIG_ERROR
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = create_db_engine(settings.sql_url)
+    jobs = JobStore(db)
+    try:
+        worker = Worker(
+            settings, jobs, build_object_store(settings, db), engines, worker_id or make_worker_id(), grace_s=grace_s
+        )
+        stop = stop or threading.Event()
+        with _stop_on_signals(stop):
+            return worker.run(stop)
+    finally:
+        jobs.close()
+        db.dispose()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set `stop` (graceful); handlers can only be installed from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; stopping after the current job", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
+    """A supervised worker stops when its supervisor dies, so a killed `serve` leaves no orphans holding GPUs."""
+    while not stop.wait(PARENT_CHECK_S):
+        if os.getppid() != parent_pid:
+            log.warning("supervisor (pid %s) is gone; stopping", parent_pid)
+            stop.set()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sdserver.worker.main", description="Run one sdserver worker.")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--worker-id", help="unique id of this worker (default host:pid:random)")
+    parser.add_argument("--grace-s", type=float, default=30.0, help="how long a stop waits for the running job")
+    parser.add_argument("--parent-pid", type=int, help="stop when this process (the supervisor) is gone")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    if args.parent_pid is not None:
+        threading.Thread(target=_watch_parent, args=(args.parent_pid, stop), daemon=True).start()
+    return run_worker(Settings(), worker_id=args.worker_id, grace_s=args.grace_s, stop=stop)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
