@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs sdserver into it. Usage: scripts/install.sh [extra]  (extra: test)
+# Creates .venv (if missing) and installs sdserver into it. Usage: scripts/install.sh [extras]
+# (extras: worker, test — comma-separated; test includes worker)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python_bin="${PYTHON:-python3}"
@@ -10,5 +11,8 @@ fi
 target="."
 if [ "${1:-}" != "" ]; then
     target=".[$1]"
+    # torch first and by exact version (the extras pin the same): the local CPU wheel satisfies it,
+    # so no other package can pull the registry's CUDA build.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$target"

@@ -3,5 +3,5 @@
 # Any flags go to `sdserver serve`, e.g. scripts/serve.sh --port 9000 --data-dir /srv/sd
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install.sh
+scripts/install.sh worker
 exec .venv/bin/sdserver serve "$@"

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=10 * MIB, ge=1024)
     max_image_pixels: int = Field(default=6000 * 6000, ge=64 * 64)
 
+    # Largest super-resolution input (width × height); outputs are up to 16× larger.
+    max_upscale_input_pixels: int = Field(default=2048 * 2048, ge=64 * 64)
+
     # Server-side fetches (init images, webhooks, model downloads). Empty: loopback, private,
     # link-local and metadata addresses are refused. Entries are IPs, CIDRs or host names.
     fetch_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -83,6 +86,11 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=0, le=64)
     # Worker engines: "diffusers", "upscale", and "test" (deterministic fakes for tests and demos).
     engines: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["diffusers", "upscale"])
+    # Device precision of the engines: auto picks fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.
+    diffusion_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    upscale_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Diffusion models a worker keeps loaded (least recently used goes first).
+    diffusion_max_loaded: int = Field(default=1, ge=1, le=16)
     # Model used when a generation request names none (the vendor requires model_id; we allow a default).
     default_model_id: str | None = None
     # How often an idle worker looks for work when the store cannot push wake-ups (SQLite).

@@ -7,17 +7,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api.test_uploads import ENDPOINT_IDS, ENDPOINTS
 from tests.support.http_host import HttpHost, Redirect, Reply
 from tests.support.image_files import png_bytes
 from tests.support.live_server import LiveServer
-
-ENDPOINTS = [
-    ("/api/v1/enterprise/upload_image", "base64_image", "image_url"),
-    ("/api/v3/base64_crop", "image", "link"),
-    ("/api/v6/base64_to_url", "base64_string", "output"),
-    ("/api/v6/image_editing/base64_to_url", "init_image", "output"),
-]
-ENDPOINT_IDS = ["upload_image", "base64_crop", "base64_to_url", "image_editing_base64_to_url"]
 
 
 def post(http: httpx.Client, live: LiveServer, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -108,7 +108,7 @@ def test_run_worker_returns_3_after_a_device_failure(harness: Harness) -> None:
     assert harness.get(job.id).error_code == "device_failure"
 
 
-@pytest.mark.parametrize("engines", [["dall-e"], ["diffusers"]], ids=["unknown", "none-available"])
+@pytest.mark.parametrize("engines", [["dall-e"], []], ids=["unknown", "none"])
 def test_run_worker_refuses_settings_without_a_usable_engine(tmp_path: Path, engines: list[str]) -> None:
     assert run_worker(make_settings(tmp_path / "data", engines=engines)) == 2
 

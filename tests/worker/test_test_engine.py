@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
-import logging
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -149,11 +149,18 @@ def test_build_engines_makes_the_test_engine() -> None:
     assert isinstance(engine, TestEngine)
 
 
-def test_build_engines_skips_engines_not_available_yet(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
-        engines = build_engines(Settings(engines=["diffusers", "test", "upscale"]))
-    assert [engine.name for engine in engines] == ["test"]
-    assert "not available yet" in caplog.text and "diffusers" in caplog.text
+def test_build_engines_builds_each_named_engine_once_in_order(tmp_path: Path) -> None:
+    from sdserver.storage import LocalObjectStore
+
+    objects = LocalObjectStore(tmp_path / "objects", "http://127.0.0.1:1", b"s" * 32, 3600)
+    settings = Settings(data_dir=tmp_path, engines=["diffusers", "test", "upscale", "test"])
+    engines = build_engines(settings, objects)
+    assert [engine.name for engine in engines] == ["diffusers", "test", "upscale"]
+
+
+def test_device_engines_need_the_object_store() -> None:
+    with pytest.raises(ValueError, match="needs the object store"):
+        build_engines(Settings(engines=["upscale"]))
 
 
 def test_build_engines_refuses_unknown_names() -> None:

@@ -15,7 +15,7 @@ from sdserver import __version__
 from sdserver.api.body_limit import BodyLimitMiddleware
 from sdserver.api.job_replies import webhook_body
 from sdserver.api.replies import install_error_handlers, is_stablecog_path
-from sdserver.api.routes import files, generation, health, jobs, stablecog, uploads
+from sdserver.api.routes import files, generation, health, jobs, stablecog, uploads, upscale
 from sdserver.api.services import Services
 from sdserver.config import Settings
 from sdserver.netguard import FetchPolicy
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 # Multipart framing around Stablecog's single file part.
 _MULTIPART_OVERHEAD = 64 * 1024
 _PURGE_INTERVAL_S = 600.0
+# Every router the app serves, in matching order.
+ROUTERS = tuple(module.router for module in (health, files, uploads, stablecog, generation, upscale, jobs))
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
@@ -72,8 +74,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         allow_credentials=False,
     )
     install_error_handlers(app, settings)
-    for module in (health, files, uploads, stablecog, generation, jobs):
-        app.include_router(module.router)
+    for router in ROUTERS:
+        app.include_router(router)
     return app
 
 

@@ -12,6 +12,8 @@ PROCESSING_MESSAGE = "Request processing in background, you can fetch the result
 PROCESSING_TIP = "Your image is processing; the output will be available at the future_links when it is done"
 CANCELLED_MESSAGE = "The request was cancelled"
 DEFAULT_FETCH_PREFIX = "/api/v1/enterprise"
+# Result entries that are reply fields of their own rather than `meta`.
+_RESULT_FIELDS = frozenset({"nsfw_content_detected"})
 
 
 def fetch_url_for(base_url: str, job: Job) -> str:
@@ -23,7 +25,8 @@ def fetch_url_for(base_url: str, job: Job) -> str:
 def job_meta(job: Job) -> dict[str, Any]:
     """The request parameters as the job ran them, plus what the engine reported, and the id as a string."""
     meta: dict[str, Any] = dict(job.params.get("meta", {}))
-    meta.update(job.result.get("meta", {}))
+    # The engine's report (seed used, scheduler applied, precision) wins over what was asked for.
+    meta.update({key: value for key, value in job.result.items() if key not in _RESULT_FIELDS})
     meta["id"] = str(job.id)
     return meta
 
@@ -38,7 +41,8 @@ def success_body(job: Job, read_object: Callable[[str], bytes]) -> dict[str, Any
         "status": "success",
         "generationTime": round(generation_time, 3) if generation_time is not None else 0.0,
         "id": job.id,
-        "output": output,
+        # Super resolution on the enterprise and v3 paths answers one URL as a string, not a list.
+        "output": output[0] if job.params.get("single_output") and output else output,
         "future_links": list(job.future_links),
         "nsfw_content_detected": bool(job.result.get("nsfw_content_detected", False)),
         "webhook_status": job.webhook_status.value,

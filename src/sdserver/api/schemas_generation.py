@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field
+from pydantic import AliasChoices, BeforeValidator, Field
 
 from sdserver.api.fields import Flag, LenientFloat, LenientInt, OptionalText, RequiredText, is_absent
 from sdserver.api.schemas import LenientRequest
+from sdserver.engines.diffusion.schedulers_table import SchedulerChoice, SchedulerError, plan_scheduler
 from sdserver.errors import ValidationError
 
 MAX_SIDE = 1024
@@ -18,6 +19,7 @@ MIN_SIDE = 64
 MAX_SAMPLES = 4
 MAX_STEPS = 50
 SEED_LIMIT = 2**32
+DEFAULT_SCHEDULER = "UniPCMultistepScheduler"
 
 
 def _parse_track_id(value: object) -> str | int | None:
@@ -32,22 +34,47 @@ def _parse_track_id(value: object) -> str | int | None:
 TrackId = Annotated[str | int | None, BeforeValidator(_parse_track_id)]
 
 
-class Text2ImgRequest(LenientRequest):
+class JobRequest(LenientRequest):
+    """Fields every job-making endpoint shares."""
+
+    webhook: OptionalText = Field(default=None, description="URL that receives the result when the job ends.")
+    track_id: TrackId = Field(default=None, description="Echoed unchanged in the webhook.")
+    instant_response: Flag = Field(default=None, description="yes: answer `processing` at once, never wait.")
+    base64: Flag = Field(default=None, description="yes: `output` holds base64 PNG strings instead of URLs.")
+    temp: Flag = Field(default=None, description="yes: output links expire after 24 hours.")
+
+
+class Text2ImgRequest(JobRequest):
     prompt: RequiredText = Field(description="What to draw.")
     negative_prompt: OptionalText = Field(default=None, description="What to avoid.")
     model_id: OptionalText = Field(default=None, description="A loaded model id.")
     width: LenientInt = Field(default=None, description="Output width, 64–1024 (rounded down to a multiple of 8).")
     height: LenientInt = Field(default=None, description="Output height, 64–1024 (rounded down to a multiple of 8).")
     samples: LenientInt = Field(default=None, description="Images to make, 1–4.")
-    num_inference_steps: LenientInt = Field(default=None, description="Denoising steps, 1–50 (more is capped).")
+    num_inference_steps: LenientInt = Field(
+        default=None,
+        validation_alias=AliasChoices("num_inference_steps", "steps"),
+        description="Denoising steps, 1–50 (more is capped; alias steps).",
+    )
     guidance_scale: LenientFloat = Field(default=None, description="Prompt guidance, 1–20.")
     seed: LenientInt = Field(default=None, description="Seed; empty for a random one (the used seed is returned).")
-    scheduler: OptionalText = Field(default=None, description="Scheduler class name.")
-    webhook: OptionalText = Field(default=None, description="URL that receives the result when the job ends.")
-    track_id: TrackId = Field(default=None, description="Echoed unchanged in the webhook.")
-    instant_response: Flag = Field(default=None, description="yes: answer `processing` at once, never wait.")
-    base64: Flag = Field(default=None, description="yes: `output` holds base64 PNG strings instead of URLs.")
-    temp: Flag = Field(default=None, description="yes: output links expire after 24 hours.")
+    scheduler: OptionalText = Field(default=None, description="Scheduler class name or A1111 name.")
+    use_karras_sigmas: Flag = Field(default=None, description="Karras sigmas where the scheduler supports them.")
+    algorithm_type: OptionalText = Field(default=None, description="DPM-Solver algorithm (e.g. dpmsolver++).")
+    clip_skip: LenientInt = Field(default=None, description="CLIP layers to skip, 1–8 (A1111 counting).")
+
+
+class Img2ImgRequest(Text2ImgRequest):
+    init_image: RequiredText = Field(description="Start image: URL, data URL, base64, or a URL this server issued.")
+    strength: LenientFloat = Field(
+        default=None,
+        validation_alias=AliasChoices("strength", "prompt_strength"),
+        description="How much to change the start image, 0–1 (default 0.7; alias prompt_strength).",
+    )
+
+
+class InpaintRequest(Img2ImgRequest):
+    mask_image: RequiredText = Field(description="Mask: white is repainted, black is kept.")
 
 
 @dataclass(frozen=True)
@@ -64,6 +91,10 @@ class GenerationParams:
     guidance_scale: float
     seed: int
     scheduler: str
+    use_karras_sigmas: bool
+    algorithm_type: str | None
+    clip_skip: int | None
+    strength: float | None
     webhook: str | None
     track_id: str | int | None
     instant_response: bool
@@ -82,16 +113,24 @@ class GenerationParams:
             "steps": self.steps,
             "n_samples": self.samples,
             "seed": self.seed,
+            "use_karras_sigmas": "yes" if self.use_karras_sigmas else "no",
+            "algorithm_type": self.algorithm_type,
+            "clip_skip": self.clip_skip,
+            "strength": self.strength,
+            "safetychecker": "no",
             "temp": "yes" if self.temp else "no",
             "base64": "yes" if self.base64 else "no",
         }
 
 
-def resolve_text2img(request: Text2ImgRequest, *, default_model: str) -> GenerationParams:
+def resolve_generation(request: Text2ImgRequest, *, model_id: str) -> GenerationParams:
+    """Defaults, ranges and caps for every generation kind; the scheduler is checked against the table."""
+    from_image = isinstance(request, Img2ImgRequest)
+    scheduler = _scheduler(request, from_image=from_image)
     return GenerationParams(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt or "",
-        model_id=request.model_id or default_model,
+        model_id=model_id,
         width=_side("width", request.width),
         height=_side("height", request.height),
         samples=_in_range("samples", request.samples, 1, 1, MAX_SAMPLES),
@@ -99,8 +138,16 @@ def resolve_text2img(request: Text2ImgRequest, *, default_model: str) -> Generat
         steps=min(_in_range("num_inference_steps", request.num_inference_steps, 20, 1, None), MAX_STEPS),
         guidance_scale=_float_in_range("guidance_scale", request.guidance_scale, 7.5, 1.0, 20.0),
         seed=_seed(request.seed),
-        scheduler=request.scheduler or "UniPCMultistepScheduler",
-        webhook=_webhook(request.webhook),
+        scheduler=scheduler.class_name,
+        use_karras_sigmas=scheduler.use_karras_sigmas,
+        algorithm_type=scheduler.algorithm_type,
+        clip_skip=_in_range("clip_skip", request.clip_skip, 1, 1, 8) if request.clip_skip is not None else None,
+        strength=(
+            _float_in_range("strength", request.strength, 0.7, 0.0, 1.0)
+            if isinstance(request, Img2ImgRequest)
+            else None
+        ),
+        webhook=check_webhook(request.webhook),
         track_id=request.track_id,
         instant_response=bool(request.instant_response),
         base64=bool(request.base64),
@@ -140,10 +187,21 @@ def _seed(value: int | None) -> int:
     return value
 
 
-def _webhook(value: str | None) -> str | None:
+def check_webhook(value: str | None) -> str | None:
     if value is None:
         return None
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError.for_field("webhook", "must be an http(s) URL", value)
     return value
+
+
+def _scheduler(request: Text2ImgRequest, *, from_image: bool) -> SchedulerChoice:
+    name = request.scheduler or DEFAULT_SCHEDULER
+    karras = True if request.use_karras_sigmas is None else request.use_karras_sigmas
+    try:
+        return plan_scheduler(name, karras, request.algorithm_type, from_image=from_image)
+    except SchedulerError as exc:
+        raise ValidationError(
+            f"scheduler: {exc.message}", field_errors={"scheduler": [f"{exc.message}, got {name!r}"]}
+        ) from None

@@ -11,11 +11,12 @@ from sdserver.jobs import Job, JobKind
 
 if TYPE_CHECKING:
     from sdserver.config import Settings
+    from sdserver.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-# Engines later issues add; naming one today is not an error, it is skipped with a warning.
-PLANNED_ENGINES = frozenset({"diffusers", "upscale"})
+DIFFUSION_ENGINE = "diffusers"
+UPSCALE_ENGINE = "upscale"
 
 
 class JobCancelled(Exception):
@@ -28,6 +29,16 @@ class DeviceOutOfMemory(Exception):
 
 class DeviceFailure(Exception):
     """The device is in a state the process cannot recover from: the job fails and the worker exits."""
+
+
+class JobFailed(Exception):
+    """An engine's explained refusal of a job (missing weights, unusable input): fails the job with this code
+    and message, which the client sees; the worker goes on."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        self.message = message
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -67,8 +78,8 @@ class Engine(Protocol):
         ...
 
 
-def build_engines(settings: Settings) -> list[Engine]:
-    """The engines `settings.engines` names, in that order."""
+def build_engines(settings: Settings, objects: ObjectStore | None = None) -> list[Engine]:
+    """The engines `settings.engines` names, in that order. Engines that read job inputs get the object store."""
     # Imported here: engine modules import this one, and heavy engines must load only when named.
     from sdserver.worker.test_engine import TestEngine
 
@@ -80,9 +91,24 @@ def build_engines(settings: Settings) -> list[Engine]:
         seen.add(name)
         if name == TestEngine.name:
             engines.append(TestEngine())
-        elif name in PLANNED_ENGINES:
-            log.warning("engine %r is not available yet; skipped", name)
+        elif name in (UPSCALE_ENGINE, DIFFUSION_ENGINE):
+            engines.append(_device_engine(name, settings, objects))
         else:
-            known = ", ".join(sorted({*PLANNED_ENGINES, TestEngine.name}))
+            known = ", ".join(sorted({DIFFUSION_ENGINE, UPSCALE_ENGINE, TestEngine.name}))
             raise ValueError(f"engines: unknown engine {name!r}; known engines are {known}")
     return engines
+
+
+def _device_engine(name: str, settings: Settings, objects: ObjectStore | None) -> Engine:
+    # torch loads only in workers that run these engines, never in the API process.
+    if objects is None:
+        raise ValueError(f"the {name} engine needs the object store to read its input images")
+    if name == UPSCALE_ENGINE:
+        from sdserver.engines.upscale.engine import UpscaleEngine
+
+        return UpscaleEngine(settings, objects, precision=settings.upscale_precision)
+    from sdserver.engines.diffusion.engine import DiffusionEngine
+
+    return DiffusionEngine(
+        settings, objects, max_loaded=settings.diffusion_max_loaded, precision=settings.diffusion_precision
+    )

@@ -21,6 +21,7 @@ from sdserver.worker.engine import (
     Engine,
     EngineOutput,
     JobCancelled,
+    JobFailed,
 )
 
 if TYPE_CHECKING:
@@ -190,6 +191,11 @@ class Worker:
         except DeviceFailure as exc:
             self._fail(runs, "device_failure", f"The device failed running this job; the worker restarts: {exc}")
             return False
+        except JobFailed as exc:
+            # An expected, explained failure (missing weights, unusable input): no traceback needed.
+            log.info("jobs %s failed: %s", [run.job.id for run in runs], exc.message)
+            self._fail(runs, exc.code, exc.message)
+            return True
         except Exception as exc:  # any other engine error fails only this job; the worker goes on
             log.exception("engine %s failed on jobs %s", engine.name, [run.job.id for run in runs])
             self._fail(runs, "engine_error", f"The engine failed: {type(exc).__name__}: {exc}")

@@ -53,22 +53,23 @@ def run_worker(
     # Imported here so importing this module (e.g. for `settings_to_env`) does not need the job store yet.
     from sdserver.store import JobStore
 
-    try:
-        engines = build_engines(settings)
-    except ValueError as exc:
-        log.error("%s", exc)
-        return EXIT_CONFIG_ERROR
-    if not engines:
-        log.error("no engine to run: settings.engines names none that is available (%s)", settings.engines)
-        return EXIT_CONFIG_ERROR
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = create_db_engine(settings.sql_url)
+    objects = build_object_store(settings, db)
+    try:
+        engines = build_engines(settings, objects)
+    except ValueError as exc:
+        log.error("%s", exc)
+        db.dispose()
+        return EXIT_CONFIG_ERROR
+    if not engines:
+        log.error("no engine to run: settings.engines names none that is available (%s)", settings.engines)
+        db.dispose()
+        return EXIT_CONFIG_ERROR
     jobs = JobStore(db)
     try:
-        worker = Worker(
-            settings, jobs, build_object_store(settings, db), engines, worker_id or make_worker_id(), grace_s=grace_s
-        )
+        worker = Worker(settings, jobs, objects, engines, worker_id or make_worker_id(), grace_s=grace_s)
         stop = stop or threading.Event()
         with _stop_on_signals(stop):
             return worker.run(stop)

@@ -1,4 +1,4 @@
-"""Generation endpoints on the job spine: validate, submit with outputs allocated, wait briefly, answer."""
+"""Generation endpoints on the job spine: text2img, img2img and inpaint under every alias family."""
 
 from __future__ import annotations
 
@@ -6,13 +6,20 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from sdserver.api.aliases import TEXT2IMG_PATHS, family_prefix
+from sdserver.api.aliases import IMG2IMG_PATHS, INPAINT_PATHS, TEXT2IMG_PATHS, family_prefix
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import validate_request
-from sdserver.api.job_flow import allocate_outputs, render_job, submit_job, wait_for_job
+from sdserver.api.job_flow import allocate_outputs, run_job, store_job_input
 from sdserver.api.schemas import openapi_body
-from sdserver.api.schemas_generation import Text2ImgRequest, resolve_text2img
+from sdserver.api.schemas_generation import (
+    GenerationParams,
+    Img2ImgRequest,
+    InpaintRequest,
+    Text2ImgRequest,
+    resolve_generation,
+)
 from sdserver.api.services import Services
+from sdserver.auth import ApiKey
 from sdserver.errors import ModelNotFoundError, ValidationError
 from sdserver.jobs import JobKind, JobSpec
 
@@ -28,26 +35,51 @@ def _model_id(services: Services, requested: str | None) -> str:
     return model_id
 
 
-async def text2img(request: Request, services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
-    body = validate_request(Text2ImgRequest, params.values)
-    model_id = _model_id(services, body.model_id)
-    resolved = resolve_text2img(body, default_model=model_id)
+async def _input_keys(services: Services, body: Text2ImgRequest, caller: ApiKey) -> dict[str, str]:
+    """Store the init and mask images (checked, SSRF-guarded) where workers read them."""
+    keys: dict[str, str] = {}
+    if isinstance(body, Img2ImgRequest):
+        keys["init_image_key"], _ = await store_job_input(services, body.init_image, field="init_image", owner=caller)
+    if isinstance(body, InpaintRequest):
+        keys["mask_image_key"], _ = await store_job_input(services, body.mask_image, field="mask_image", owner=caller)
+    return keys
+
+
+def _job_params(resolved: GenerationParams, body: Text2ImgRequest, path: str) -> dict[str, Any]:
+    meta = resolved.meta()
+    if isinstance(body, Img2ImgRequest):
+        meta["init_image"] = body.init_image if body.init_image.startswith("http") else "<base64>"
+    params: dict[str, Any] = {
+        "prompt": resolved.prompt,
+        "negative_prompt": resolved.negative_prompt,
+        "num_inference_steps": resolved.steps,
+        "guidance_scale": resolved.guidance_scale,
+        "seed": resolved.seed,
+        "samples": resolved.samples,
+        "use_karras_sigmas": resolved.use_karras_sigmas,
+        "algorithm_type": resolved.algorithm_type,
+        "clip_skip": resolved.clip_skip,
+        "base64": resolved.base64,
+        "fetch_prefix": family_prefix(path),
+        "meta": meta,
+    }
+    if resolved.strength is not None:
+        params["strength"] = resolved.strength
+    return params
+
+
+async def _generate(
+    kind: JobKind, schema: type[Text2ImgRequest], request: Request, services: Services, caller: ApiKey, values: Any
+) -> dict[str, Any]:
+    body = validate_request(schema, values)
+    resolved = resolve_generation(body, model_id=_model_id(services, body.model_id))
+    params = _job_params(resolved, body, request.url.path) | await _input_keys(services, body, caller)
     keys, links = allocate_outputs(services, resolved.samples, temp=resolved.temp)
     spec = JobSpec(
         owner_key_id=caller.id,
-        kind=JobKind.TEXT2IMG,
-        model_id=model_id,
-        params={
-            "prompt": resolved.prompt,
-            "negative_prompt": resolved.negative_prompt,
-            "num_inference_steps": resolved.steps,
-            "guidance_scale": resolved.guidance_scale,
-            "seed": resolved.seed,
-            "samples": resolved.samples,
-            "base64": resolved.base64,
-            "fetch_prefix": family_prefix(request.url.path),
-            "meta": resolved.meta(),
-        },
+        kind=kind,
+        model_id=resolved.model_id,
+        params=params,
         output_keys=keys,
         future_links=links,
         width=resolved.width,
@@ -58,22 +90,37 @@ async def text2img(request: Request, services: ServicesDep, caller: CallerDep, p
         track_id=resolved.track_id,
         max_attempts=services.settings.job_max_attempts,
     )
-    job = await submit_job(services, spec)
-    if not resolved.instant_response:
-        job = await wait_for_job(services, job, services.settings.sync_wait_s)
-    return await render_job(services, job)
+    return await run_job(services, spec, instant_response=resolved.instant_response)
+
+
+async def text2img(request: Request, services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
+    return await _generate(JobKind.TEXT2IMG, Text2ImgRequest, request, services, caller, params.values)
+
+
+async def img2img(request: Request, services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
+    return await _generate(JobKind.IMG2IMG, Img2ImgRequest, request, services, caller, params.values)
+
+
+async def inpaint(request: Request, services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
+    return await _generate(JobKind.INPAINT, InpaintRequest, request, services, caller, params.values)
 
 
 def _register() -> None:
-    for index, path in enumerate(TEXT2IMG_PATHS):
-        router.add_api_route(
-            path,
-            text2img,
-            methods=["POST"],
-            include_in_schema=index == 0,
-            summary="Text to image",
-            openapi_extra=openapi_body(Text2ImgRequest),
-        )
+    table = (
+        (TEXT2IMG_PATHS, text2img, Text2ImgRequest, "Text to image"),
+        (IMG2IMG_PATHS, img2img, Img2ImgRequest, "Image to image"),
+        (INPAINT_PATHS, inpaint, InpaintRequest, "Inpainting (white in the mask is repainted)"),
+    )
+    for paths, handler, schema, summary in table:
+        for index, path in enumerate(paths):
+            router.add_api_route(
+                path,
+                handler,
+                methods=["POST"],
+                include_in_schema=index == 0,
+                summary=summary,
+                openapi_extra=openapi_body(schema),
+            )
 
 
 _register()

@@ -77,14 +77,15 @@ def _register() -> None:
     body_doc = openapi_body(FetchRequest)
     for index, prefix in enumerate(PREFIXES):
         documented = index == 0  # one documented copy; the aliases behave the same
-        methods = ["POST", "GET"]
         router.add_api_route(
             f"{prefix}/fetch/{{job_id}}",
             fetch_by_path,
-            methods=methods,
+            methods=["POST"],
             include_in_schema=documented,
             summary="Fetch a job's result or progress",
         )
+        # Some clients GET the fetch_result link (key in the query or a header).
+        router.add_api_route(f"{prefix}/fetch/{{job_id}}", fetch_by_path, methods=["GET"], include_in_schema=False)
         router.add_api_route(
             f"{prefix}/fetch",
             fetch_by_body,

@@ -1,0 +1,79 @@
+"""Super resolution on the job spine: the input is checked and stored, a worker upscales it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from sdserver.api.aliases import SUPER_RESOLUTION_LIST_PATHS, SUPER_RESOLUTION_STRING_PATHS, family_prefix
+from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
+from sdserver.api.fields import validate_request
+from sdserver.api.job_flow import allocate_outputs, run_job, store_job_input
+from sdserver.api.schemas import openapi_body
+from sdserver.api.schemas_upscale import SuperResolutionRequest, resolve_super_resolution
+from sdserver.errors import ModelNotFoundError
+from sdserver.jobs import JobKind, JobSpec
+
+router = APIRouter(tags=["super resolution"])
+
+
+async def super_resolution(
+    request: Request, services: ServicesDep, caller: CallerDep, params: ParamsDep
+) -> dict[str, Any]:
+    resolved = resolve_super_resolution(validate_request(SuperResolutionRequest, params.values))
+    if not services.models.upscaler_exists(resolved.model_id):
+        raise ModelNotFoundError()
+    input_key, image = await store_job_input(
+        services,
+        resolved.image,
+        field=resolved.image_field,
+        owner=caller,
+        max_pixels=services.settings.max_upscale_input_pixels,
+    )
+    keys, links = allocate_outputs(services, 1, temp=resolved.temp)
+    path = request.url.path
+    meta = {
+        "model_id": resolved.model_id,
+        "scale": resolved.scale,
+        "face_enhance": "yes" if resolved.face_enhance else "no",
+        "init_image": resolved.image if resolved.image.startswith("http") else "<base64>",
+    }
+    spec = JobSpec(
+        owner_key_id=caller.id,
+        kind=JobKind.SUPER_RESOLUTION,
+        model_id=resolved.model_id,
+        params={
+            "input_key": input_key,
+            "scale": resolved.scale,
+            "face_enhance": resolved.face_enhance,
+            "base64": resolved.base64,
+            "single_output": path in SUPER_RESOLUTION_STRING_PATHS,
+            "fetch_prefix": family_prefix(path),
+            "meta": meta,
+        },
+        output_keys=keys,
+        future_links=links,
+        width=image.width,
+        height=image.height,
+        webhook_url=resolved.webhook,
+        track_id=resolved.track_id,
+        max_attempts=services.settings.job_max_attempts,
+    )
+    return await run_job(services, spec, instant_response=resolved.instant_response)
+
+
+def _register() -> None:
+    paths = SUPER_RESOLUTION_STRING_PATHS + SUPER_RESOLUTION_LIST_PATHS
+    for index, path in enumerate(paths):
+        router.add_api_route(
+            path,
+            super_resolution,
+            methods=["POST"],
+            include_in_schema=index == 0,
+            summary="Upscale an image with Real-ESRGAN",
+            openapi_extra=openapi_body(SuperResolutionRequest),
+        )
+
+
+_register()

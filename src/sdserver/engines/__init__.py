@@ -1,0 +1,1 @@
+"""Engines that run models in the worker processes (torch lives only here)."""

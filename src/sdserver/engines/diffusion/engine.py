@@ -1,0 +1,157 @@
+"""The diffusers engine: text2img, img2img and inpaint on models from the data dir, with an LRU of loaded models."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Final
+
+import torch
+
+from sdserver.engines.diffusion.loader import LoadedModel, load_model
+from sdserver.engines.diffusion.models import find_model, list_models, models_dir_for
+from sdserver.engines.diffusion.pipelines import run_job
+from sdserver.engines.diffusion.precision import Placement, PrecisionSetting, choose_placement
+from sdserver.jobs import Job, JobKind
+from sdserver.model_ids import is_valid_model_id
+from sdserver.worker.engine import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobFailed, StepContext
+
+if TYPE_CHECKING:
+    from sdserver.config import Settings
+    from sdserver.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+KINDS: Final = frozenset({JobKind.TEXT2IMG, JobKind.IMG2IMG, JobKind.INPAINT})
+# The worker asks for models() on every claim (several times a second when idle): rescan the disk at most this often.
+MODELS_SCAN_TTL_S: Final = 2.0
+
+
+class DiffusionEngine:
+    """Serves diffusers models found under `settings.data_dir/models`. Keeps up to `max_loaded` models in memory
+    (least recently used goes first); one loaded model serves all three kinds with the same weights."""
+
+    name: str = "diffusers"
+
+    def __init__(
+        self,
+        settings: Settings,
+        objects: ObjectStore,
+        *,
+        max_loaded: int = 1,
+        precision: PrecisionSetting = "auto",
+        device: str | None = None,
+    ) -> None:
+        if max_loaded < 1:
+            raise ValueError(f"max_loaded must be at least 1, got {max_loaded}")
+        self._models_dir = models_dir_for(settings.data_dir)
+        self._objects = objects
+        self._max_loaded = max_loaded
+        self.placement: Placement = choose_placement(precision, device)
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._scan: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
+        _quiet_libraries()
+
+    def kinds(self) -> Collection[JobKind]:
+        return KINDS
+
+    def handles(self, job: Job) -> bool:
+        # Not "on disk now": a model deleted after the claim still reaches run(), which fails it as not found.
+        return job.kind in KINDS and is_valid_model_id(job.model_id)
+
+    def models(self) -> Collection[str] | None:
+        now = time.monotonic()
+        checked_at, ids = self._scan
+        if now - checked_at >= MODELS_SCAN_TTL_S:
+            ids = frozenset(source.model_id for source in list_models(self._models_dir))
+            self._scan = (now, ids)
+        return ids
+
+    def held_models(self) -> Collection[str]:
+        with self._lock:
+            return frozenset(self._loaded)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._loaded.clear()
+        _free_memory()
+
+    def run(self, jobs: Sequence[Job], ctx: Callable[[Job], StepContext]) -> list[EngineOutput]:
+        if not jobs:
+            return []
+        for job in jobs:
+            # A cancel that arrived while queued stops the job before any loading.
+            ctx(job).step(0, job.steps)
+        try:
+            model = self._model(jobs[0].model_id)
+            return [run_job(model, job, self._objects, ctx(job)) for job in jobs]
+        except torch.OutOfMemoryError:
+            pass
+        except torch.AcceleratorError as exc:
+            # A device error other than memory (illegal access, lost device): the process must restart.
+            raise DeviceFailure(f"{self.placement.device} failed running model {jobs[0].model_id}: {exc}") from exc
+        # Outside the except block, so the traceback no longer pins this run's tensors when memory is freed.
+        _free_memory()
+        raise DeviceOutOfMemory(f"out of memory on {self.placement.device} running model {jobs[0].model_id}")
+
+    def _model(self, model_id: str) -> LoadedModel:
+        source = find_model(self._models_dir, model_id)
+        if source is None:
+            self._forget(model_id)
+            raise JobFailed("model_not_found", "Model id not found")
+        with self._lock:
+            cached = self._loaded.get(model_id)
+            if cached is not None and cached.fingerprint == source.fingerprint():
+                self._loaded.move_to_end(model_id)
+                return cached
+        # Not loaded, or its files were replaced since it was.
+        self._forget(model_id)
+        self._make_room()
+        log.info(
+            "loading model %s from %s (%s on %s)",
+            model_id,
+            source.path,
+            self.placement.precision,
+            self.placement.device,
+        )
+        model = load_model(source, self.placement)
+        with self._lock:
+            self._loaded[model_id] = model
+        return model
+
+    def _make_room(self) -> None:
+        """Evict before loading, so two models never sit in memory beyond the limit."""
+        with self._lock:
+            evicted = False
+            while len(self._loaded) >= self._max_loaded:
+                self._loaded.popitem(last=False)
+                evicted = True
+        if evicted:
+            _free_memory()
+
+    def _forget(self, model_id: str) -> None:
+        with self._lock:
+            dropped = self._loaded.pop(model_id, None)
+        if dropped is not None:
+            del dropped
+            _free_memory()
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _quiet_libraries() -> None:
+    """Progress bars from the loaders would flood the worker log; warnings still come through."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]

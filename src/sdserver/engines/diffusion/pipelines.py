@@ -1,0 +1,190 @@
+"""Runs one job on a loaded model: inputs from the job, a fresh scheduler, seeded generators, progress, PNG outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import Any, Final
+
+import torch
+from PIL import Image, ImageFilter, UnidentifiedImageError
+
+from sdserver.engines.diffusion.loader import INPAINT_IN_CHANNELS, LoadedModel, unet_in_channels
+from sdserver.engines.diffusion.prompts import clip_skip_kwargs
+from sdserver.engines.diffusion.schedulers import build_scheduler
+from sdserver.engines.diffusion.schedulers_table import SchedulerChoice, SchedulerError, plan_scheduler
+from sdserver.errors import NotFoundError
+from sdserver.images import encode_image
+from sdserver.jobs import Job, JobKind
+from sdserver.storage import ObjectStore
+from sdserver.worker.engine import EngineOutput, JobFailed, StepContext
+
+DEFAULT_GUIDANCE: Final = 7.5
+DEFAULT_STRENGTH: Final = 0.7
+DEFAULT_STEPS: Final = 20
+SEED_MASK: Final = (1 << 64) - 1
+# Inpaint outputs keep the unmasked pixels of the input exactly; the seam is feathered over this share of the side.
+MASK_FEATHER: Final = 1 / 128
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """A job's parameters as the pipelines take them (the API validated and defaulted them)."""
+
+    prompt: str
+    negative_prompt: str | None
+    steps: int
+    guidance_scale: float
+    seed: int
+    samples: int
+    strength: float
+    clip_skip: int | None
+    use_karras_sigmas: bool
+    algorithm_type: str | None
+
+
+def job_inputs(job: Job) -> JobInputs:
+    params = job.params
+    clip_skip = params.get("clip_skip")
+    return JobInputs(
+        prompt=str(params.get("prompt") or ""),
+        negative_prompt=str(params["negative_prompt"]) if params.get("negative_prompt") else None,
+        steps=int(params.get("num_inference_steps") or job.steps or DEFAULT_STEPS),
+        guidance_scale=float(params.get("guidance_scale", DEFAULT_GUIDANCE)),
+        seed=job_seed(job),
+        samples=max(1, len(job.output_keys) or int(params.get("samples") or 1)),
+        strength=float(params.get("strength", DEFAULT_STRENGTH)),
+        clip_skip=int(clip_skip) if clip_skip is not None else None,
+        use_karras_sigmas=bool(params.get("use_karras_sigmas", False)),
+        algorithm_type=params.get("algorithm_type"),
+    )
+
+
+def job_seed(job: Job) -> int:
+    """The seed the API set; a job without one gets a seed derived from its id, so a retry makes the same images."""
+    seed = job.params.get("seed")
+    if seed is not None:
+        return int(seed) & SEED_MASK
+    return int.from_bytes(hashlib.sha256(f"job-seed:{job.id}".encode()).digest()[:4], "big")
+
+
+def sample_generators(seed: int, samples: int) -> list[torch.Generator]:
+    """Sample i draws its noise from a CPU generator seeded `seed + i`: the same noise on every device, and sample
+    i of a batch matches a one-sample run with seed `seed + i` (up to the rounding of batched maths)."""
+    return [torch.Generator("cpu").manual_seed((seed + index) & SEED_MASK) for index in range(samples)]
+
+
+def choose_scheduler(model: LoadedModel, job: Job, inputs: JobInputs) -> SchedulerChoice:
+    try:
+        return plan_scheduler(
+            job.scheduler or model.default_scheduler,
+            inputs.use_karras_sigmas,
+            inputs.algorithm_type,
+            from_image=job.kind is not JobKind.TEXT2IMG,
+        )
+    except SchedulerError as exc:
+        raise JobFailed(exc.code, exc.message) from exc
+
+
+def diffusers_clip_skip(requested: int | None, text_layers: int) -> int | None:
+    """A1111 counting (1 = last layer, 2 = the one before) to diffusers' (layers skipped), within the model's depth."""
+    if requested is None or requested <= 1:
+        return None
+    return min(requested - 1, text_layers - 1) or None
+
+
+def run_job(model: LoadedModel, job: Job, objects: ObjectStore, ctx: StepContext) -> EngineOutput:
+    """Make `samples` images for one job as one batch; raises JobFailed for inputs the job cannot use."""
+    if job.kind is not JobKind.INPAINT and unet_in_channels(model) == INPAINT_IN_CHANNELS:
+        raise JobFailed("unsupported_model", f"Model {model.model_id} is an inpainting model; use it with inpaint")
+    inputs = job_inputs(job)
+    choice = choose_scheduler(model, job, inputs)
+    pipeline = model.pipelines[job.kind]
+    pipeline.scheduler = build_scheduler(choice, model.scheduler_config, inputs.seed)
+    skip = diffusers_clip_skip(inputs.clip_skip, model.text_layers)
+    kwargs = _common_kwargs(inputs, ctx)
+    if skip is not None:
+        kwargs.update(clip_skip_kwargs(pipeline, inputs.prompt, inputs.negative_prompt, skip))
+    init, mask = _input_images(job, objects)
+    if init is None:
+        kwargs.update(height=job.height, width=job.width)
+    else:
+        kwargs.update(image=init, strength=inputs.strength)
+    if mask is not None:
+        kwargs.update(mask_image=mask, height=job.height, width=job.width)
+    if init is not None and int(inputs.steps * inputs.strength) < 1:
+        # No denoising step would run (diffusers refuses this): strength this low means "keep the image".
+        images = [init.copy() for _ in range(inputs.samples)]
+    else:
+        with torch.inference_mode():
+            images = list(pipeline(**kwargs).images)
+    if mask is not None and init is not None:
+        images = [paste_unmasked(image, init, mask) for image in images]
+    return EngineOutput(images=[encode_image(image) for image in images], meta=_meta(inputs, choice, model, skip))
+
+
+def _input_images(job: Job, objects: ObjectStore) -> tuple[Image.Image | None, Image.Image | None]:
+    """(init image, mask) as the job's kind needs them, at the job's size."""
+    size = (job.width, job.height)
+    if job.kind is JobKind.TEXT2IMG:
+        return None, None
+    init = read_image(objects, job.params.get("init_image_key"), size, "RGB", "init_image")
+    if job.kind is not JobKind.INPAINT:
+        return init, None
+    return init, read_image(objects, job.params.get("mask_image_key"), size, "L", "mask_image")
+
+
+def _common_kwargs(inputs: JobInputs, ctx: StepContext) -> dict[str, Any]:
+    def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        # Raises JobCancelled when the job must stop; it propagates out of the pipeline call.
+        ctx.step(index + 1, int(pipe.num_timesteps))
+        return tensors
+
+    return {
+        "prompt": inputs.prompt,
+        "negative_prompt": inputs.negative_prompt,
+        "num_inference_steps": inputs.steps,
+        "guidance_scale": inputs.guidance_scale,
+        "num_images_per_prompt": inputs.samples,
+        "generator": sample_generators(inputs.seed, inputs.samples),
+        "callback_on_step_end": on_step_end,
+        "output_type": "pil",
+    }
+
+
+def _meta(inputs: JobInputs, choice: SchedulerChoice, model: LoadedModel, skip: int | None) -> dict[str, Any]:
+    return {
+        "seed": inputs.seed,
+        "scheduler": choice.class_name,
+        "use_karras_sigmas": "yes" if choice.use_karras_sigmas else "no",
+        "algorithm_type": choice.algorithm_type,
+        "precision": model.placement.precision,
+        # Reported in the request's counting: what ran, after fitting it to the text encoder's depth.
+        "clip_skip": skip + 1 if skip is not None else inputs.clip_skip,
+    }
+
+
+def read_image(objects: ObjectStore, key: Any, size: tuple[int, int], mode: str, field: str) -> Image.Image:
+    """A stored input image decoded, converted to `mode` and resized to the job's size."""
+    if not isinstance(key, str) or not key:
+        raise JobFailed("invalid_image", f"{field}: the job has no stored image")
+    try:
+        data = objects.get(key)
+    except NotFoundError as exc:
+        raise JobFailed("image_not_found", f"{field}: the stored image is gone ({key})") from exc
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            image = opened.convert(mode)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise JobFailed("invalid_image", f"{field}: the stored image could not be decoded: {exc}") from exc
+    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def paste_unmasked(generated: Image.Image, init: Image.Image, mask: Image.Image) -> Image.Image:
+    """The generated image where the mask is white, the input elsewhere (the VAE round trip would blur it), with a
+    slightly feathered seam."""
+    hard = mask.point(lambda value: 255 if value >= 128 else 0)
+    radius = max(1.0, min(mask.size) * MASK_FEATHER)
+    soft = hard.filter(ImageFilter.GaussianBlur(radius))
+    return Image.composite(generated.convert("RGB"), init, soft)

@@ -1,0 +1,155 @@
+"""Scheduler names clients may send (contract section 5, plus A1111 aliases) and what each one supports; torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+# The 18 diffusers class names of the contract, in its order.
+SCHEDULER_NAMES: Final = (
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "DPMSolverSinglestepScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "UniPCMultistepScheduler",
+    "DDIMInverseScheduler",
+    "DEISMultistepScheduler",
+    "IPNDMScheduler",
+    "KarrasVeScheduler",
+    "ScoreSdeVeScheduler",
+    "LCMScheduler",
+)
+# Listed by the contract but unable to sample a Stable Diffusion model: refused, never silently swapped.
+UNSUPPORTED_SCHEDULERS: Final = frozenset({"KarrasVeScheduler", "ScoreSdeVeScheduler", "DDIMInverseScheduler"})
+# Samples from noise only: it has no `add_noise`, so it cannot start from an init image (img2img, inpaint).
+NOISE_ONLY_SCHEDULERS: Final = frozenset({"IPNDMScheduler"})
+# Reachable through the A1111 "DPM++ SDE" aliases only (k-diffusion's sampler; needs torchsde).
+EXTRA_SCHEDULER_NAMES: Final = frozenset({"DPMSolverSDEScheduler"})
+SAMPLING_SCHEDULERS: Final = frozenset(SCHEDULER_NAMES) - UNSUPPORTED_SCHEDULERS | EXTRA_SCHEDULER_NAMES
+
+# Classes whose config has `use_karras_sigmas` (checked against diffusers 0.42).
+KARRAS_SCHEDULERS: Final = frozenset(
+    {
+        "LMSDiscreteScheduler",
+        "EulerDiscreteScheduler",
+        "DPMSolverMultistepScheduler",
+        "HeunDiscreteScheduler",
+        "KDPM2DiscreteScheduler",
+        "DPMSolverSinglestepScheduler",
+        "KDPM2AncestralDiscreteScheduler",
+        "UniPCMultistepScheduler",
+        "DEISMultistepScheduler",
+        "DPMSolverSDEScheduler",
+    }
+)
+# Algorithm types each class accepts, first one being the class default.
+ALGORITHM_TYPES: Final[dict[str, tuple[str, ...]]] = {
+    "DPMSolverMultistepScheduler": ("dpmsolver++", "dpmsolver", "sde-dpmsolver++", "sde-dpmsolver"),
+    "DPMSolverSinglestepScheduler": ("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
+    "DEISMultistepScheduler": ("deis",),
+}
+# Spellings clients send for the algorithm types (the vendor documents `dpmsolver+++`).
+ALGORITHM_ALIASES: Final = {"dpmsolver+++": "dpmsolver++", "dpm++": "dpmsolver++", "sde-dpm++": "sde-dpmsolver++"}
+
+# A1111 sampler names -> (class, use_karras_sigmas, algorithm_type); the alias decides both flags.
+A1111_ALIASES: Final[dict[str, tuple[str, bool, str | None]]] = {
+    "Euler": ("EulerDiscreteScheduler", False, None),
+    "Euler Karras": ("EulerDiscreteScheduler", True, None),
+    "Euler a": ("EulerAncestralDiscreteScheduler", False, None),
+    "LMS": ("LMSDiscreteScheduler", False, None),
+    "LMS Karras": ("LMSDiscreteScheduler", True, None),
+    "Heun": ("HeunDiscreteScheduler", False, None),
+    "DPM2": ("KDPM2DiscreteScheduler", False, None),
+    "DPM2 Karras": ("KDPM2DiscreteScheduler", True, None),
+    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", False, None),
+    "DPM2 a Karras": ("KDPM2AncestralDiscreteScheduler", True, None),
+    "DPM++ 2S a": ("DPMSolverSinglestepScheduler", False, "dpmsolver++"),
+    "DPM++ 2S a Karras": ("DPMSolverSinglestepScheduler", True, "dpmsolver++"),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", False, "dpmsolver++"),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", True, "dpmsolver++"),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", False, "sde-dpmsolver++"),
+    "DPM++ 2M SDE Karras": ("DPMSolverMultistepScheduler", True, "sde-dpmsolver++"),
+    "DPM++ SDE": ("DPMSolverSDEScheduler", False, None),
+    "DPM++ SDE Karras": ("DPMSolverSDEScheduler", True, None),
+    "DDIM": ("DDIMScheduler", False, None),
+    "DDPM": ("DDPMScheduler", False, None),
+    "PLMS": ("PNDMScheduler", False, None),
+    "UniPC": ("UniPCMultistepScheduler", False, None),
+    "DEIS": ("DEISMultistepScheduler", False, None),
+    "LCM": ("LCMScheduler", False, None),
+}
+_ALIASES_FOLDED: Final = {name.casefold(): value for name, value in A1111_ALIASES.items()}
+_CLASSES_FOLDED: Final = {name.casefold(): name for name in (*SCHEDULER_NAMES, *EXTRA_SCHEDULER_NAMES)}
+
+
+class SchedulerError(ValueError):
+    """A scheduler name that cannot be used; `code` is the job's error code."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class SchedulerChoice:
+    """What will actually run: the class and the flags that apply to it (what `meta` reports)."""
+
+    class_name: str
+    use_karras_sigmas: bool
+    algorithm_type: str | None
+
+
+def canonical_scheduler(name: str) -> tuple[str, bool | None, str | None] | None:
+    """(class name, karras, algorithm) for a class name or an A1111 alias; flags are None unless the alias sets them."""
+    text = name.strip().casefold()
+    if text in _ALIASES_FOLDED:
+        return _ALIASES_FOLDED[text]
+    if text in _CLASSES_FOLDED:
+        return _CLASSES_FOLDED[text], None, None
+    return None
+
+
+def normalize_algorithm_type(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if text in {"", "none", "null"}:
+        return None
+    return ALGORITHM_ALIASES.get(text, text)
+
+
+def plan_scheduler(
+    name: str, use_karras_sigmas: bool, algorithm_type: str | None, *, from_image: bool = False
+) -> SchedulerChoice:
+    """The scheduler a job runs with (`from_image`: img2img or inpaint); raises SchedulerError for names that are
+    unknown or cannot sample SD (or cannot start from an image)."""
+    found = canonical_scheduler(name)
+    if found is None:
+        raise SchedulerError(
+            "unknown_scheduler", f"scheduler {name!r} is not known; use one of {', '.join(sorted(SAMPLING_SCHEDULERS))}"
+        )
+    class_name, alias_karras, alias_algorithm = found
+    if class_name in UNSUPPORTED_SCHEDULERS:
+        raise SchedulerError(
+            "unsupported_scheduler",
+            f"{class_name} cannot sample a Stable Diffusion model; use e.g. DPMSolverMultistepScheduler",
+        )
+    if from_image and class_name in NOISE_ONLY_SCHEDULERS:
+        raise SchedulerError(
+            "unsupported_scheduler",
+            f"{class_name} cannot start from an init image (img2img, inpaint); use e.g. DPMSolverMultistepScheduler",
+        )
+    karras = use_karras_sigmas if alias_karras is None else alias_karras
+    wanted = normalize_algorithm_type(alias_algorithm or algorithm_type)
+    allowed = ALGORITHM_TYPES.get(class_name, ())
+    # An algorithm the class lacks is not applied; meta then shows the class's own (or none).
+    applied = (wanted if wanted in allowed else allowed[0]) if allowed else None
+    return SchedulerChoice(class_name, karras and class_name in KARRAS_SCHEDULERS, applied)

@@ -1,0 +1,191 @@
+"""The `upscale` engine: runs SUPER_RESOLUTION jobs with Real-ESRGAN weights from `<data_dir>/models/upscalers/`."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from sdserver.config import Settings
+from sdserver.engines.upscale.archs import OFFICIAL_MODELS
+from sdserver.engines.upscale.precision import PrecisionChoice, default_device
+from sdserver.engines.upscale.runner import DEFAULT_TILE_PAD, Upscaler, output_size
+from sdserver.engines.upscale.tiling import is_out_of_memory
+from sdserver.engines.upscale.weights import UnsupportedWeightsError, find_weights, list_weight_ids, load_network
+from sdserver.errors import NotFoundError
+from sdserver.jobs import Job, JobKind
+from sdserver.storage import ObjectStore
+from sdserver.worker.engine import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobFailed, StepContext
+
+log = logging.getLogger(__name__)
+
+# models() is called on every claim; a directory listing that often is cheap, but not free on network disks.
+SCAN_INTERVAL_S: Final = 2.0
+# What the API accepts; other decoders stay unreachable even if a stored object were something else.
+INPUT_FORMATS: Final = ("PNG", "JPEG", "WEBP")
+FACE_ENHANCE_MESSAGE: Final = (
+    "face_enhance needs a face-restoration model (GFPGAN/CodeFormer), which this server does not have yet; "
+    "send face_enhance: no"
+)
+
+
+def weights_folder(settings: Settings) -> Path:
+    return settings.data_dir / "models" / "upscalers"
+
+
+class UpscaleEngine:
+    """Serves the five published Real-ESRGAN ids plus any `<id>.pth|.safetensors` dropped in the weights folder.
+    Keeps the last `max_loaded` networks loaded (they are small: 4–67 MB)."""
+
+    name: str = "upscale"
+
+    def __init__(
+        self,
+        settings: Settings,
+        objects: ObjectStore,
+        *,
+        device: torch.device | str | None = None,
+        precision: PrecisionChoice = "auto",
+        tile: int | None = None,
+        tile_pad: int = DEFAULT_TILE_PAD,
+        tile_batch: int = 1,
+        max_loaded: int = 2,
+        max_input_pixels: int | None = None,
+    ) -> None:
+        self._objects = objects
+        self._folder = weights_folder(settings)
+        self._device = torch.device(device) if device is not None else default_device()
+        self._precision: PrecisionChoice = precision
+        self._tile, self._tile_pad, self._tile_batch = tile, tile_pad, tile_batch
+        self._max_loaded = max(1, max_loaded)
+        self._max_pixels = max_input_pixels or settings.max_image_pixels
+        self._lock = threading.Lock()
+        # model id -> (weight file, its mtime and size, the loaded upscaler); a replaced file is reloaded.
+        self._loaded: OrderedDict[str, tuple[tuple[Path, int, int], Upscaler]] = OrderedDict()
+        self._scanned_at = -float("inf")
+        self._scanned: frozenset[str] = frozenset()
+
+    def kinds(self) -> Collection[JobKind]:
+        return frozenset({JobKind.SUPER_RESOLUTION})
+
+    def handles(self, job: Job) -> bool:
+        return job.kind is JobKind.SUPER_RESOLUTION and job.model_id in self.models()
+
+    def models(self) -> Collection[str]:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._scanned_at >= SCAN_INTERVAL_S:
+                self._scanned = frozenset(OFFICIAL_MODELS) | frozenset(list_weight_ids(self._folder))
+                self._scanned_at = now
+            return self._scanned
+
+    def held_models(self) -> Collection[str]:
+        with self._lock:
+            return frozenset(self._loaded)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._loaded.clear()
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def run(self, jobs: Sequence[Job], ctx: Callable[[Job], StepContext]) -> list[EngineOutput]:
+        return [self._run_one(job, ctx(job)) for job in jobs]
+
+    def _run_one(self, job: Job, step: StepContext) -> EngineOutput:
+        params = job.params
+        if params.get("face_enhance"):
+            raise JobFailed("face_enhance_unavailable", FACE_ENHANCE_MESSAGE)
+        scale = float(params.get("scale", 4))
+        upscaler = self.upscaler(job.model_id)
+        image = self._read_input(str(params["input_key"]))
+        try:
+            result = upscaler.upscale_with_info(image, scale, tile=self._tile, on_tile=step.step)
+        except RuntimeError as exc:
+            failure = self._device_error(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+        buffer = io.BytesIO()
+        result.image.save(buffer, format="PNG")
+        meta: dict[str, Any] = {
+            "model_id": job.model_id,
+            "scale": scale,
+            "input_size": list(image.size),
+            "output_size": list(output_size(*image.size, scale)),
+            "precision": upscaler.precision,
+            "tile": result.tile,
+        }
+        return EngineOutput(images=[buffer.getvalue()], meta=meta)
+
+    def upscaler(self, model_id: str) -> Upscaler:
+        """The loaded network for `model_id`, loading it (and evicting the oldest) if needed."""
+        path = find_weights(self._folder, model_id)
+        if path is None:
+            raise JobFailed(
+                "model_weights_missing",
+                f"No weights for {model_id}: put {model_id}.pth (or .safetensors) in {self._folder.resolve()}/",
+            )
+        stat = path.stat()
+        identity = (path, stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            cached = self._loaded.get(model_id)
+            if cached is not None and cached[0] == identity:
+                self._loaded.move_to_end(model_id)
+                return cached[1]
+        try:
+            network, spec = load_network(path)
+        except UnsupportedWeightsError as exc:
+            raise JobFailed("unsupported_weights", f"Cannot use {path.resolve()}: {exc}") from None
+        expected = OFFICIAL_MODELS.get(model_id)
+        if expected is not None and expected != spec:
+            log.warning(
+                "%s holds %s, not the published %s; running it as found", path, spec.describe(), expected.describe()
+            )
+        upscaler = Upscaler(
+            network, spec, device=self._device, precision=self._precision,
+            tile_pad=self._tile_pad, tile_batch=self._tile_batch,
+        )  # fmt: skip
+        with self._lock:
+            self._loaded[model_id] = (identity, upscaler)
+            self._loaded.move_to_end(model_id)
+            while len(self._loaded) > self._max_loaded:
+                self._loaded.popitem(last=False)
+        return upscaler
+
+    def _read_input(self, key: str) -> Image.Image:
+        try:
+            data = self._objects.get(key)
+        except NotFoundError:
+            raise JobFailed("input_missing", "The input image is no longer in the object store") from None
+        try:
+            image = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
+            width, height = image.size
+            if width * height > self._max_pixels:
+                raise JobFailed(
+                    "input_too_large",
+                    f"The input image is {width}x{height} pixels, over the limit of {self._max_pixels} pixels",
+                )
+            image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise JobFailed("input_unreadable", f"The input image could not be decoded: {exc}") from None
+        # Phone photos store their rotation in EXIF; the upscale must come out upright like the preview.
+        return ImageOps.exif_transpose(image)
+
+    def _device_error(self, exc: RuntimeError) -> Exception | None:
+        """Out of memory outside the tile loop (which retries its own) fails the job after freeing the loaded
+        networks; any other CUDA error means the device is broken and the worker must restart."""
+        if is_out_of_memory(exc):
+            self.clear()
+            return DeviceOutOfMemory(str(exc).splitlines()[0])
+        if self._device.type == "cuda" and "CUDA" in str(exc):
+            return DeviceFailure(str(exc).splitlines()[0])
+        return None
