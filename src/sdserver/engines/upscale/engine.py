@@ -66,7 +66,7 @@ class UpscaleEngine:
         self._precision: PrecisionChoice = precision
         self._tile, self._tile_pad, self._tile_batch = tile, tile_pad, tile_batch
         self._max_loaded = max(1, max_loaded)
-        self._max_pixels = max_input_pixels or settings.max_image_pixels
+        self._max_pixels = max_input_pixels or settings.max_upscale_input_pixels
         self._lock = threading.Lock()
         # model id -> (weight file, its mtime and size, the loaded upscaler); a replaced file is reloaded.
         self._loaded: OrderedDict[str, tuple[tuple[Path, int, int], Upscaler]] = OrderedDict()
