@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
@@ -10,9 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sdserver.api.job_replies import failed_body, processing_body, success_body
 from sdserver.api.services import Services
-from sdserver.auth import ApiKey
 from sdserver.errors import RateLimitedError
-from sdserver.images import DecodedImage, load_image_input
 from sdserver.jobs import Job, JobSpec, JobStatus
 from sdserver.storage import make_object_key
 
@@ -24,22 +21,6 @@ def allocate_outputs(services: Services, count: int, *, temp: bool) -> tuple[tup
     """Object keys for the outputs and their final URLs (`future_links`), fixed before the job runs."""
     keys = tuple(make_object_key("outputs", "png", temp=temp) for _ in range(count))
     return keys, tuple(services.store.url_for(key) for key in keys)
-
-
-async def store_job_input(
-    services: Services, value: str, *, field: str, owner: ApiKey, max_pixels: int | None = None
-) -> tuple[str, DecodedImage]:
-    """Decode an input image under every limit and guard, and keep it (24 h) where workers can read it."""
-    limits = services.image_limits
-    if max_pixels is not None:
-        limits = dataclasses.replace(limits, max_pixels=min(limits.max_pixels, max_pixels))
-    image = await load_image_input(
-        value, field=field, limits=limits, policy=services.fetch_policy, issued=services.store
-    )
-    saved = await run_in_threadpool(
-        services.uploads.save, services.store, image, owner=owner, endpoint="job_input", temp=True
-    )
-    return saved.object_key, image
 
 
 async def submit_job(services: Services, spec: JobSpec) -> Job:

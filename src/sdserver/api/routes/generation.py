@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from sdserver.api.aliases import IMG2IMG_PATHS, INPAINT_PATHS, TEXT2IMG_PATHS, family_prefix
+from sdserver.api.client_images import store_client_image
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import validate_request
-from sdserver.api.job_flow import allocate_outputs, run_job, store_job_input
+from sdserver.api.job_flow import allocate_outputs, run_job
 from sdserver.api.schemas import openapi_body
 from sdserver.api.schemas_generation import (
     GenerationParams,
@@ -39,10 +40,16 @@ async def _input_keys(services: Services, body: Text2ImgRequest, caller: ApiKey)
     """Store the init and mask images (checked, SSRF-guarded) where workers read them."""
     keys: dict[str, str] = {}
     if isinstance(body, Img2ImgRequest):
-        keys["init_image_key"], _ = await store_job_input(services, body.init_image, field="init_image", owner=caller)
+        keys["init_image_key"] = await _store_input(services, body.init_image, "init_image", caller)
     if isinstance(body, InpaintRequest):
-        keys["mask_image_key"], _ = await store_job_input(services, body.mask_image, field="mask_image", owner=caller)
+        keys["mask_image_key"] = await _store_input(services, body.mask_image, "mask_image", caller)
     return keys
+
+
+async def _store_input(services: Services, value: str, field: str, caller: ApiKey) -> str:
+    # Kept 24 h: long enough for any queued job, then purged with other temporary uploads.
+    saved, _ = await store_client_image(services, value, field=field, owner=caller, endpoint="job_input", temp=True)
+    return saved.object_key
 
 
 def _job_params(resolved: GenerationParams, body: Text2ImgRequest, path: str) -> dict[str, Any]:

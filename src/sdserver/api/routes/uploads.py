@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
 
+from sdserver.api.client_images import store_client_image
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import validate_request
 from sdserver.api.schemas import (
@@ -16,44 +16,8 @@ from sdserver.api.schemas import (
     UploadImageRequest,
     openapi_body,
 )
-from sdserver.api.services import Services
-from sdserver.auth import ApiKey
-from sdserver.images import DecodedImage, center_crop_square, encode_image, load_image_input
-from sdserver.uploads import SavedUpload
 
 router = APIRouter(tags=["uploads"])
-
-CROP_SIZE = 512
-
-
-async def store_client_image(
-    services: Services,
-    value: str,
-    *,
-    field: str,
-    owner: ApiKey,
-    endpoint: str,
-    temp: bool,
-    crop: bool = False,
-) -> SavedUpload:
-    """Decode an image field under every limit and guard, optionally crop it, and store it."""
-    image = await load_image_input(
-        value,
-        field=field,
-        limits=services.image_limits,
-        policy=services.fetch_policy,
-        issued=services.store,
-    )
-    if crop:
-        image = await run_in_threadpool(_crop_to_square, image)
-    return await run_in_threadpool(
-        services.uploads.save, services.store, image, owner=owner, endpoint=endpoint, temp=temp
-    )
-
-
-def _crop_to_square(image: DecodedImage) -> DecodedImage:
-    square = center_crop_square(image.to_pil(), CROP_SIZE)
-    return DecodedImage(data=encode_image(square, "png"), format="png", width=CROP_SIZE, height=CROP_SIZE)
 
 
 @router.post(
@@ -63,7 +27,7 @@ def _crop_to_square(image: DecodedImage) -> DecodedImage:
 )
 async def upload_image(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
     request = validate_request(UploadImageRequest, params.values)
-    saved = await store_client_image(
+    saved, _ = await store_client_image(
         services,
         request.base64_image,
         field="base64_image",
@@ -81,7 +45,7 @@ async def upload_image(services: ServicesDep, caller: CallerDep, params: ParamsD
 )
 async def base64_crop(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
     request = validate_request(Base64CropRequest, params.values)
-    saved = await store_client_image(
+    saved, _ = await store_client_image(
         services,
         request.image,
         field="image",
@@ -106,7 +70,7 @@ async def base64_crop(services: ServicesDep, caller: CallerDep, params: ParamsDe
 )
 async def base64_to_url(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
     request = validate_request(Base64ToUrlRequest, params.values)
-    saved = await store_client_image(
+    saved, _ = await store_client_image(
         services,
         request.base64_string,
         field="base64_string",
@@ -124,7 +88,7 @@ async def base64_to_url(services: ServicesDep, caller: CallerDep, params: Params
 )
 async def image_editing_base64_to_url(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
     request = validate_request(ImageEditingBase64ToUrlRequest, params.values)
-    saved = await store_client_image(
+    saved, _ = await store_client_image(
         services,
         request.init_image,
         field="init_image",

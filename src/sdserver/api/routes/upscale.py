@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from sdserver.api.aliases import SUPER_RESOLUTION_LIST_PATHS, SUPER_RESOLUTION_STRING_PATHS, family_prefix
+from sdserver.api.client_images import store_client_image
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import validate_request
-from sdserver.api.job_flow import allocate_outputs, run_job, store_job_input
+from sdserver.api.job_flow import allocate_outputs, run_job
 from sdserver.api.schemas import openapi_body
 from sdserver.api.schemas_upscale import SuperResolutionRequest, resolve_super_resolution
 from sdserver.errors import ModelNotFoundError
@@ -24,11 +25,13 @@ async def super_resolution(
     resolved = resolve_super_resolution(validate_request(SuperResolutionRequest, params.values))
     if not services.models.upscaler_exists(resolved.model_id):
         raise ModelNotFoundError()
-    input_key, image = await store_job_input(
+    saved, image = await store_client_image(
         services,
         resolved.image,
         field=resolved.image_field,
         owner=caller,
+        endpoint="job_input",
+        temp=True,
         max_pixels=services.settings.max_upscale_input_pixels,
     )
     keys, links = allocate_outputs(services, 1, temp=resolved.temp)
@@ -44,7 +47,7 @@ async def super_resolution(
         kind=JobKind.SUPER_RESOLUTION,
         model_id=resolved.model_id,
         params={
-            "input_key": input_key,
+            "input_key": saved.object_key,
             "scale": resolved.scale,
             "face_enhance": resolved.face_enhance,
             "base64": resolved.base64,
