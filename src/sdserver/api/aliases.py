@@ -68,3 +68,15 @@ SUPER_RESOLUTION_LIST_PATHS: tuple[str, ...] = (
     "/api/v1/image_editing/super_resolution",
     "/api/v1/enterprise/super_resolution/make",
 )
+
+CONTROLNET_PATHS: tuple[str, ...] = (
+    "/api/v1/enterprise/controlnet",
+    "/api/v1/enterprise/images/controlnet",
+    "/api/v5/controlnet",
+    "/api/v6/images/controlnet",
+)
+
+NSFW_CHECK_PATHS: tuple[str, ...] = (
+    "/api/v1/enterprise/nsfw_image_check",
+    "/api/v3/nsfw_image_check",
+)

@@ -78,3 +78,58 @@ def list_models(models_dir: Path) -> list[ModelSource]:
 def _config_dir_for(checkpoint: Path) -> Path | None:
     folder = checkpoint.with_name(checkpoint.name.removesuffix(checkpoint.suffix) + CONFIG_DIR_SUFFIX)
     return folder if (folder / MODEL_INDEX).is_file() else None
+
+
+# Add-on weights, each kind in its own folder under the models dir. The model registry writes here; the engine
+# reads from here. Ids are checked with is_valid_model_id before they touch a path.
+class AddonKind(StrEnum):
+    LORA = "lora"
+    VAE = "vae"
+    EMBEDDING = "embeddings"
+    CONTROLNET = "controlnet"
+    UPSCALER = "upscalers"
+
+
+# Single-file suffixes each kind accepts, in lookup order; VAE and ControlNet may also be diffusers folders
+# (`<id>/config.json`).
+ADDON_SUFFIXES: Final[dict[AddonKind, tuple[str, ...]]] = {
+    AddonKind.LORA: (".safetensors",),
+    AddonKind.VAE: (".safetensors", ".pt", ".ckpt"),
+    AddonKind.EMBEDDING: (".safetensors", ".pt", ".bin"),
+    AddonKind.CONTROLNET: (".safetensors",),
+    AddonKind.UPSCALER: (".pth", ".safetensors"),
+}
+FOLDER_CONFIG: Final = "config.json"
+_FOLDER_KINDS: Final = frozenset({AddonKind.VAE, AddonKind.CONTROLNET})
+
+
+def addon_dir(models_dir: Path, kind: AddonKind) -> Path:
+    return models_dir / kind.value
+
+
+def find_addon(models_dir: Path, kind: AddonKind, addon_id: str) -> Path | None:
+    """The file (or diffusers folder, for VAE and ControlNet) stored under this id, or None."""
+    if not is_valid_model_id(addon_id):
+        return None
+    base = addon_dir(models_dir, kind)
+    if kind in _FOLDER_KINDS and (base / addon_id / FOLDER_CONFIG).is_file():
+        return base / addon_id
+    for suffix in ADDON_SUFFIXES[kind]:
+        file = base / f"{addon_id}{suffix}"
+        if file.is_file():
+            return file
+    return None
+
+
+def list_addons(models_dir: Path, kind: AddonKind) -> list[str]:
+    """Ids of every add-on of this kind on disk, sorted."""
+    base = addon_dir(models_dir, kind)
+    if not base.is_dir():
+        return []
+    ids: set[str] = set()
+    for entry in base.iterdir():
+        if entry.is_dir() and kind in _FOLDER_KINDS and (entry / FOLDER_CONFIG).is_file():
+            ids.add(entry.name)
+        elif entry.is_file() and entry.suffix in ADDON_SUFFIXES[kind]:
+            ids.add(entry.name.removesuffix(entry.suffix))
+    return sorted(model_id for model_id in ids if is_valid_model_id(model_id))
