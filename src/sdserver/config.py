@@ -93,6 +93,15 @@ class Settings(BaseSettings):
     diffusion_max_loaded: int = Field(default=1, ge=1, le=16)
     # Model used when a generation request names none (the vendor requires model_id; we allow a default).
     default_model_id: str | None = None
+    # Model downloads (load_model): largest file accepted, and local folders a `url` may point into.
+    model_download_max_bytes: int = Field(default=20 * 1024 * MIB, ge=MIB)
+    model_import_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # Appended to the prompt when a request says `enhance_prompt: yes`.
+    enhance_prompt_suffix: str = ", highly detailed, sharp focus, intricate details, professional lighting"
+    # open_nsfw score at or above which an image counts as NSFW (safety checker and nsfw_image_check default).
+    nsfw_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    # Addresses (IPs/CIDRs) that may read /metrics without an admin key, e.g. the Prometheus server.
+    metrics_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # How often an idle worker looks for work when the store cannot push wake-ups (SQLite).
     worker_poll_s: float = Field(default=0.2, gt=0.0, le=10.0)
 
@@ -107,6 +116,7 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
 
     _split_allowlist = field_validator("fetch_allowlist", "cors_origins", "engines", mode="before")(_split_list)
+    _split_more = field_validator("model_import_dirs", "metrics_allowlist", mode="before")(_split_list)
 
     @field_validator("base_url", "s3_public_base_url")
     @classmethod

@@ -15,7 +15,19 @@ from sdserver import __version__
 from sdserver.api.body_limit import BodyLimitMiddleware
 from sdserver.api.job_replies import webhook_body
 from sdserver.api.replies import install_error_handlers, is_stablecog_path
-from sdserver.api.routes import files, generation, health, jobs, stablecog, uploads, upscale
+from sdserver.api.routes import (
+    controlnet,
+    files,
+    generation,
+    health,
+    jobs,
+    models,
+    nsfw,
+    server,
+    stablecog,
+    uploads,
+    upscale,
+)
 from sdserver.api.services import Services
 from sdserver.config import Settings
 from sdserver.netguard import FetchPolicy
@@ -27,7 +39,10 @@ log = logging.getLogger(__name__)
 _MULTIPART_OVERHEAD = 64 * 1024
 _PURGE_INTERVAL_S = 600.0
 # Every router the app serves, in matching order.
-ROUTERS = tuple(module.router for module in (health, files, uploads, stablecog, generation, upscale, jobs))
+ROUTERS = tuple(
+    module.router
+    for module in (health, files, uploads, stablecog, generation, controlnet, upscale, nsfw, models, server, jobs)
+)
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:

@@ -103,7 +103,7 @@ def run_job(model: LoadedModel, job: Job, objects: ObjectStore, ctx: StepContext
     pipeline = model.pipelines[job.kind]
     pipeline.scheduler = build_scheduler(choice, model.scheduler_config, inputs.seed)
     skip = diffusers_clip_skip(inputs.clip_skip, model.text_layers)
-    kwargs = _common_kwargs(inputs, ctx)
+    kwargs = common_kwargs(inputs, ctx)
     if skip is not None:
         kwargs.update(clip_skip_kwargs(pipeline, inputs.prompt, inputs.negative_prompt, skip))
     init, mask = _input_images(job, objects)
@@ -135,7 +135,7 @@ def _input_images(job: Job, objects: ObjectStore) -> tuple[Image.Image | None, I
     return init, read_image(objects, job.params.get("mask_image_key"), size, "L", "mask_image")
 
 
-def _common_kwargs(inputs: JobInputs, ctx: StepContext) -> dict[str, Any]:
+def common_kwargs(inputs: JobInputs, ctx: StepContext) -> dict[str, Any]:
     def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         # Raises JobCancelled when the job must stop; it propagates out of the pipeline call.
         ctx.step(index + 1, int(pipe.num_timesteps))
