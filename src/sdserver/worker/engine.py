@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 DIFFUSION_ENGINE = "diffusers"
 UPSCALE_ENGINE = "upscale"
+MODELS_ENGINE = "models"
 
 
 class JobCancelled(Exception):
@@ -93,8 +94,12 @@ def build_engines(settings: Settings, objects: ObjectStore | None = None) -> lis
             engines.append(TestEngine())
         elif name in (UPSCALE_ENGINE, DIFFUSION_ENGINE):
             engines.append(_device_engine(name, settings, objects))
+        elif name == MODELS_ENGINE:
+            from sdserver.worker.model_loader import ModelLoaderEngine
+
+            engines.append(ModelLoaderEngine(settings))
         else:
-            known = ", ".join(sorted({DIFFUSION_ENGINE, UPSCALE_ENGINE, TestEngine.name}))
+            known = ", ".join(sorted({DIFFUSION_ENGINE, UPSCALE_ENGINE, MODELS_ENGINE, TestEngine.name}))
             raise ValueError(f"engines: unknown engine {name!r}; known engines are {known}")
     return engines
 

@@ -1,4 +1,5 @@
-"""Runs one job on a loaded model: inputs from the job, a fresh scheduler, seeded generators, progress, PNG outputs."""
+"""Runs one job on a loaded model: inputs from the job, add-ons, a fresh scheduler, seeded generators, progress,
+then the shared post-processing (`finish_images`: safety screen, PNG with generation parameters)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from typing import Any, Final
 import torch
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
+from sdserver.engines.diffusion.finishing import FinishedImages, finish_images
 from sdserver.engines.diffusion.loader import INPAINT_IN_CHANNELS, LoadedModel, unet_in_channels
 from sdserver.engines.diffusion.prompts import clip_skip_kwargs
 from sdserver.engines.diffusion.schedulers import build_scheduler
 from sdserver.engines.diffusion.schedulers_table import SchedulerChoice, SchedulerError, plan_scheduler
 from sdserver.errors import NotFoundError
-from sdserver.images import encode_image
 from sdserver.jobs import Job, JobKind
 from sdserver.storage import ObjectStore
 from sdserver.worker.engine import EngineOutput, JobFailed, StepContext
@@ -24,8 +25,11 @@ DEFAULT_GUIDANCE: Final = 7.5
 DEFAULT_STRENGTH: Final = 0.7
 DEFAULT_STEPS: Final = 20
 SEED_MASK: Final = (1 << 64) - 1
+DEFAULT_NSFW_THRESHOLD: Final = 0.5
 # Inpaint outputs keep the unmasked pixels of the input exactly; the seam is feathered over this share of the side.
 MASK_FEATHER: Final = 1 / 128
+
+__all__ = ["FinishedImages", "finish_images", "run_job"]
 
 
 @dataclass(frozen=True)
