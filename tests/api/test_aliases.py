@@ -161,7 +161,14 @@ def test_fetch_and_cancel_exist_under_every_family(
 def test_upload_aliases_return_a_stored_image(
     spine: LiveServer, key: str, http_client: httpx.Client, path: str, extra: dict[str, Any], link_field: str
 ) -> None:
-    body = {"key": key, "base64_image": _image(), "base64_string": _image(), "image": _image(), **extra}
+    body = {
+        "key": key,
+        "base64_image": _image(),
+        "base64_string": _image(),
+        "image": _image(),
+        "init_image": _image(),
+        **extra,
+    }
     reply = http_client.post(spine.url(path), json=body).json()
     assert reply["status"] == "success", reply
     link = reply[link_field]
