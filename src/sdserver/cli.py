@@ -1,4 +1,4 @@
-"""The `sdserver` command: `serve` and `keys`. Builds the settings once and passes them down."""
+"""The `sdserver` command: `serve`, `worker`, `keys` and `models`. Builds the settings once and passes them down."""
 
 from __future__ import annotations
 
@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", help="revoke a key by id; it stops working at once")
     revoke.add_argument("id", type=int)
     _add_data_dir(revoke)
+
+    models = commands.add_parser("models", help="manage diffusion models under <data-dir>/models")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    tiny = model_commands.add_parser("make-tiny", help="write a tiny random-weight SD model (its outputs are noise)")
+    tiny.add_argument("name", help="model id to create (letters, digits, '.', '_', '-')")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    _add_data_dir(tiny)
     return parser
 
 
@@ -70,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(settings, log_level=args.log_level)
         if args.command == "worker":
             return worker(settings, log_level=args.log_level)
+        if args.command == "models":
+            return run_models_command(settings, args)
         return run_keys_command(settings, args)
     except SdError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -95,6 +104,30 @@ def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
     elif args.keys_command == "revoke":
         key = keys.revoke(args.id)
         print(f"revoked key #{key.id} '{key.name}'")
+    return 0
+
+
+def run_models_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`models make-tiny NAME`: a tiny seeded model, registered as ready, for trying the API without weights."""
+    from sdserver.engines.diffusion.models import models_dir_for
+    from sdserver.model_ids import is_valid_model_id
+    from sdserver.model_registry import ModelKind, ModelRegistry
+
+    if not is_valid_model_id(args.name):
+        print(f"error: {args.name!r} is not a valid model id (letters, digits, '.', '_', '-')", file=sys.stderr)
+        return 2
+    # torch loads only for this command, never for `serve` or `keys`.
+    from sdserver.engines.diffusion.tiny import make_tiny_model
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    registry = ModelRegistry(create_db_engine(settings.sql_url))
+    source = f"sdserver models make-tiny --seed {args.seed}"
+    registry.begin_load(ModelKind.CHECKPOINT, args.name, source=source, format="diffusers")
+    folder = make_tiny_model(models_dir_for(settings.data_dir), args.name, seed=args.seed)
+    size = sum(entry.stat().st_size for entry in folder.rglob("*") if entry.is_file())
+    registry.mark_ready(ModelKind.CHECKPOINT, args.name, format="diffusers", size=size)
+    print(f"wrote tiny model '{args.name}' to {folder}")
+    print("its weights are random: every image it makes is noise (for trying the API and tests, not for pictures)")
     return 0
 
 

@@ -123,7 +123,8 @@ def decode_base64_payload(text: str, *, field: str, max_bytes: int | None = None
         )
     try:
         return base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):
+        # ValueError: a non-ASCII character (b64decode refuses str with any), found by the atheris target.
         raise NotBase64Error(field=field) from None
 
 

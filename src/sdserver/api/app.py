@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from sdserver import __version__
 from sdserver.api.body_limit import BodyLimitMiddleware
 from sdserver.api.job_replies import webhook_body
+from sdserver.api.metrics import Metrics, RequestMetricsMiddleware
 from sdserver.api.replies import install_error_handlers, is_stablecog_path
 from sdserver.api.routes import (
     controlnet,
@@ -29,6 +30,7 @@ from sdserver.api.routes import (
     upscale,
 )
 from sdserver.api.services import Services
+from sdserver.api.storage_control import follow_storage_forever
 from sdserver.config import Settings
 from sdserver.netguard import FetchPolicy
 from sdserver.webhooks import WebhookSender, webhook_secret
@@ -54,6 +56,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             asyncio.create_task(_purge_expired_forever(services)),
             asyncio.create_task(_requeue_expired_forever(services)),
             asyncio.create_task(_webhook_sender(services).run_forever()),
+            asyncio.create_task(follow_storage_forever(services)),
         ]
         try:
             yield
@@ -88,6 +91,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         allow_headers=["*"],
         allow_credentials=False,
     )
+    # Outermost, so refused and failed requests are counted too.
+    app.state.metrics = Metrics(services.engine)
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app, settings)
     for router in ROUTERS:
         app.include_router(router)

@@ -1,18 +1,22 @@
-"""Request schema of the generation endpoints (text2img for now) and the rules that turn it into job params."""
+"""Request schemas of the generation endpoints (text2img, img2img, inpaint) and the rules that turn them into job
+params: sizes, steps, scheduler, add-ons (LoRA, VAE, embeddings), safety checker and the accepted-but-unsupported
+vendor flags."""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
 from sdserver.api.fields import Flag, LenientFloat, LenientInt, OptionalText, RequiredText, is_absent
 from sdserver.api.schemas import LenientRequest
 from sdserver.engines.diffusion.schedulers_table import SchedulerChoice, SchedulerError, plan_scheduler
 from sdserver.errors import ValidationError
+from sdserver.model_ids import is_valid_model_id
 
 MAX_SIDE = 1024
 MIN_SIDE = 64
@@ -20,6 +24,18 @@ MAX_SAMPLES = 4
 MAX_STEPS = 50
 SEED_LIMIT = 2**32
 DEFAULT_SCHEDULER = "UniPCMultistepScheduler"
+MAX_LORAS = 5
+MAX_EMBEDDINGS = 8
+LORA_STRENGTH_RANGE = (-4.0, 4.0)
+SAFETY_CHECKER_TYPES: Final = ("sensitive_content_text", "blur", "pixelate", "black")
+# Vendor flags this server accepts so clients keep working, but does not implement; `meta.unsupported` says so.
+UNSUPPORTED_FLAGS: Final = {
+    "upscale": "not supported on generation endpoints; call super_resolution on the output",
+    "panorama": "panorama generation is not supported by this server",
+    "self_attention": "self-attention guidance is not supported by this server",
+    "multi_lingual": "prompt translation is not supported by this server; send English prompts",
+    "highres_fix": "high-resolution fix is not supported by this server",
+}
 
 
 def _parse_track_id(value: object) -> str | int | None:
@@ -32,6 +48,27 @@ def _parse_track_id(value: object) -> str | int | None:
 
 
 TrackId = Annotated[str | int | None, BeforeValidator(_parse_track_id)]
+
+
+def _parse_comma_list(value: object) -> tuple[str, ...] | None:
+    """`"a, b"`, `["a", "b"]` or one number: items trimmed, empty items dropped; absent when nothing is left."""
+    if is_absent(value):
+        return None
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = [item for item in value if not is_absent(item)]
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        items = [str(value)]
+    else:
+        raise PydanticCustomError("text", "must be a string")
+    if not all(isinstance(item, str | int | float) and not isinstance(item, bool) for item in items):
+        raise PydanticCustomError("text", "must be a string")
+    cleaned = tuple(text for text in (str(item).strip() for item in items) if text)
+    return cleaned or None
+
+
+CommaList = Annotated[tuple[str, ...] | None, BeforeValidator(_parse_comma_list)]
 
 
 class JobRequest(LenientRequest):
@@ -62,6 +99,26 @@ class Text2ImgRequest(JobRequest):
     use_karras_sigmas: Flag = Field(default=None, description="Karras sigmas where the scheduler supports them.")
     algorithm_type: OptionalText = Field(default=None, description="DPM-Solver algorithm (e.g. dpmsolver++).")
     clip_skip: LenientInt = Field(default=None, description="CLIP layers to skip, 1–8 (A1111 counting).")
+    lora_model: CommaList = Field(default=None, description="LoRA ids, comma separated (loaded with load_model).")
+    lora_strength: CommaList = Field(default=None, description="One strength, or one per LoRA (default 1.0).")
+    vae: OptionalText = Field(default=None, description="A loaded VAE id used instead of the model's own.")
+    embeddings_model: CommaList = Field(
+        default=None,
+        validation_alias=AliasChoices("embeddings_model", "embeddings"),
+        description="Textual-inversion embedding ids; each is used in the prompt by its id (alias embeddings).",
+    )
+    tomesd: Flag = Field(default=None, description="Token merging for speed (default yes).")
+    enhance_prompt: Flag = Field(default=None, description="Append the server's prompt enhancer (default yes).")
+    safety_checker: Flag = Field(default=None, description="Screen outputs for NSFW content (default yes).")
+    safety_checker_type: OptionalText = Field(
+        default=None, description="What to do with flagged images: sensitive_content_text, blur, pixelate, black."
+    )
+    upscale: Flag = Field(default=None, description="Accepted, not supported (see meta.unsupported).")
+    panorama: Flag = Field(default=None, description="Accepted, not supported (see meta.unsupported).")
+    self_attention: Flag = Field(default=None, description="Accepted, not supported (see meta.unsupported).")
+    multi_lingual: Flag = Field(default=None, description="Accepted, not supported (see meta.unsupported).")
+    highres_fix: Flag = Field(default=None, description="Accepted, not supported (see meta.unsupported).")
+    loadbalancer: Flag = Field(default=None, description="Accepted; the job queue already spreads work.")
 
 
 class Img2ImgRequest(Text2ImgRequest):
@@ -95,6 +152,14 @@ class GenerationParams:
     algorithm_type: str | None
     clip_skip: int | None
     strength: float | None
+    loras: tuple[tuple[str, float], ...]
+    vae: str | None
+    embeddings: tuple[str, ...]
+    tomesd: bool
+    enhance_prompt: bool
+    safety_checker: bool
+    safety_checker_type: str
+    unsupported: dict[str, str]
     webhook: str | None
     track_id: str | int | None
     instant_response: bool
@@ -117,18 +182,29 @@ class GenerationParams:
             "algorithm_type": self.algorithm_type,
             "clip_skip": self.clip_skip,
             "strength": self.strength,
-            "safetychecker": "no",
+            "safetychecker": "yes" if self.safety_checker else "no",
+            "safety_checker_type": self.safety_checker_type,
+            "lora": ",".join(lora for lora, _ in self.loras) or None,
+            "lora_strength": ",".join(f"{strength:g}" for _, strength in self.loras) or None,
+            "vae": self.vae,
+            "embeddings": ",".join(self.embeddings) or None,
+            "tomesd": "yes" if self.tomesd else "no",
+            "enhance_prompt": "yes" if self.enhance_prompt else "no",
+            "upscale": "no",
+            **({"unsupported": dict(self.unsupported)} if self.unsupported else {}),
             "temp": "yes" if self.temp else "no",
             "base64": "yes" if self.base64 else "no",
         }
 
 
-def resolve_generation(request: Text2ImgRequest, *, model_id: str) -> GenerationParams:
-    """Defaults, ranges and caps for every generation kind; the scheduler is checked against the table."""
+def resolve_generation(request: Text2ImgRequest, *, model_id: str, enhance_suffix: str = "") -> GenerationParams:
+    """Defaults, ranges and caps for every generation kind; the scheduler is checked against the table. Add-on
+    ids are checked for form here; whether they are on disk is checked by the route (api/addons.py)."""
     from_image = isinstance(request, Img2ImgRequest)
     scheduler = _scheduler(request, from_image=from_image)
+    enhance = request.enhance_prompt is not False
     return GenerationParams(
-        prompt=request.prompt,
+        prompt=_enhanced(request.prompt, enhance_suffix) if enhance else request.prompt,
         negative_prompt=request.negative_prompt or "",
         model_id=model_id,
         width=_side("width", request.width),
@@ -147,12 +223,77 @@ def resolve_generation(request: Text2ImgRequest, *, model_id: str) -> Generation
             if isinstance(request, Img2ImgRequest)
             else None
         ),
+        loras=_loras(request.lora_model, request.lora_strength),
+        vae=_addon_ids("vae", (request.vae,) if request.vae else None, 1)[0] if request.vae else None,
+        embeddings=_addon_ids("embeddings_model", request.embeddings_model, MAX_EMBEDDINGS),
+        tomesd=request.tomesd is not False,
+        enhance_prompt=enhance,
+        safety_checker=request.safety_checker is not False,
+        safety_checker_type=_safety_type(request.safety_checker_type),
+        unsupported={name: why for name, why in UNSUPPORTED_FLAGS.items() if getattr(request, name)},
         webhook=check_webhook(request.webhook),
         track_id=request.track_id,
         instant_response=bool(request.instant_response),
         base64=bool(request.base64),
         temp=bool(request.temp),
     )
+
+
+def _enhanced(prompt: str, suffix: str) -> str:
+    if not suffix.strip() or prompt.rstrip().endswith(suffix.strip()):
+        return prompt
+    return prompt.rstrip() + suffix
+
+
+def _addon_ids(field: str, ids: tuple[str, ...] | None, limit: int) -> tuple[str, ...]:
+    if not ids:
+        return ()
+    if len(ids) > limit:
+        raise ValidationError.for_field(field, f"at most {limit} ids", ",".join(ids))
+    for addon_id in ids:
+        if not is_valid_model_id(addon_id):
+            raise ValidationError.for_field(field, "must be a model id (letters, digits, - _ .)", addon_id)
+    if len(set(ids)) != len(ids):
+        raise ValidationError.for_field(field, "must not repeat an id", ",".join(ids))
+    return ids
+
+
+def _loras(models: tuple[str, ...] | None, strengths: tuple[str, ...] | None) -> tuple[tuple[str, float], ...]:
+    ids = _addon_ids("lora_model", models, MAX_LORAS)
+    if not ids:
+        return ()
+    values = [_lora_strength(text) for text in strengths or ()]
+    if not values:
+        values = [1.0] * len(ids)
+    elif len(values) == 1:
+        # One number applies to every LoRA, as the vendor's single-LoRA examples send it.
+        values = values * len(ids)
+    elif len(values) != len(ids):
+        rule = f"must be one number or one per LoRA ({len(ids)})"
+        raise ValidationError.for_field("lora_strength", rule, ",".join(strengths or ()))
+    return tuple(zip(ids, values, strict=True))
+
+
+def _lora_strength(text: str) -> float:
+    low, high = LORA_STRENGTH_RANGE
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValidationError.for_field("lora_strength", "must be a number or a comma list of numbers", text) from None
+    if not low <= value <= high:
+        raise ValidationError.for_field("lora_strength", f"must be between {low:g} and {high:g}", text)
+    return value
+
+
+def _safety_type(value: str | None) -> str:
+    if value is None:
+        return SAFETY_CHECKER_TYPES[0]
+    mode = value.strip().lower()
+    if mode not in SAFETY_CHECKER_TYPES:
+        raise ValidationError.for_field(
+            "safety_checker_type", f"must be one of {', '.join(SAFETY_CHECKER_TYPES)}", value
+        )
+    return mode
 
 
 def _in_range(field: str, value: int | None, default: int, low: int, high: int | None) -> int:

@@ -11,9 +11,12 @@ from sdserver.auth import KeyStore
 from sdserver.config import Settings
 from sdserver.database import create_db_engine, server_secret
 from sdserver.images import ImageLimits
+from sdserver.model_registry import ModelRegistry
 from sdserver.netguard import FetchPolicy
-from sdserver.storage import LocalObjectStore, ObjectStore, create_object_store
+from sdserver.storage import LocalObjectStore
+from sdserver.storage_switch import SwitchingObjectStore, open_switching_store
 from sdserver.store import JobStore
+from sdserver.store_control import ControlStore
 from sdserver.uploads import UploadRegistry
 
 
@@ -24,13 +27,17 @@ class Services:
     keys: KeyStore
     jobs: JobStore
     models: ModelCatalog
+    registry: ModelRegistry
     uploads: UploadRegistry
-    # The active object store (local folder or S3), where new objects go.
-    store: ObjectStore
+    # Where new objects go (local folder or S3; `update_s3` switches it at run time), reading earlier stores too.
+    store: SwitchingObjectStore
     # The local folder is always served, so links handed out before a switch to S3 keep working.
     local_files: LocalObjectStore
     image_limits: ImageLimits
     fetch_policy: FetchPolicy
+    # The control channel to the workers (commands, persisted settings) and the secret local links are signed with.
+    control: ControlStore
+    signing_secret: bytes
 
     @classmethod
     def build(cls, settings: Settings, engine: Engine | None = None) -> Services:
@@ -40,24 +47,22 @@ class Services:
             if settings.signing_secret
             else server_secret(engine, "link_signing")
         )
-        local_files = LocalObjectStore(
-            root=settings.objects_dir,
-            base_url=settings.external_base_url,
-            signing_secret=secret,
-            temp_ttl_s=settings.temp_ttl_s,
-        )
-        store: ObjectStore = (
-            local_files if settings.storage == "local" else create_object_store(settings, signing_secret=secret)
-        )
+        control = ControlStore(engine)
+        # A storage setting persisted by update_s3 wins over the environment's.
+        store = open_switching_store(settings, control, signing_secret=secret)
+        registry = ModelRegistry(engine)
         return cls(
             settings=settings,
             engine=engine,
             keys=KeyStore(engine),
             jobs=JobStore(engine),
-            models=ModelCatalog(settings),
+            models=ModelCatalog(settings, registry),
+            registry=registry,
             uploads=UploadRegistry(engine, settings.temp_ttl_s),
             store=store,
-            local_files=local_files,
+            local_files=store.local,
             image_limits=ImageLimits.from_settings(settings),
             fetch_policy=FetchPolicy.from_settings(settings),
+            control=control,
+            signing_secret=secret,
         )

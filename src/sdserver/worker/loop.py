@@ -15,6 +15,7 @@ from sqlalchemy import exc as sa_exc
 from sdserver.errors import LeaseLostError, StorageError
 from sdserver.jobs import Job
 from sdserver.storage import ObjectStore
+from sdserver.storage_switch import SwitchingObjectStore
 from sdserver.worker.engine import (
     DeviceFailure,
     DeviceOutOfMemory,
@@ -27,11 +28,14 @@ from sdserver.worker.engine import (
 if TYPE_CHECKING:
     from sdserver.config import Settings
     from sdserver.store import JobStore
+    from sdserver.worker.control import WorkerControl
 
 log = logging.getLogger(__name__)
 
 EXIT_OK: Final = 0
 EXIT_DEVICE_FAILURE: Final = 3
+# restart_server asked for a fresh process: the supervisor (or the operator's service manager) starts one.
+EXIT_RESTART: Final = 4
 # Progress is for people watching a fetch; more than four writes a second per job only loads the database.
 PROGRESS_MIN_INTERVAL_S: Final = 0.25
 # Longest idle wait: PostgreSQL wakes the worker on NOTIFY sooner; this bounds how late a stop is seen.
@@ -83,6 +87,7 @@ class Worker:
         device: str = "cpu",
         max_batch: int = 1,
         idle_wait_s: float = IDLE_WAIT_S,
+        control: WorkerControl | None = None,
     ) -> None:
         if not engines:
             raise ValueError("a worker needs at least one engine")
@@ -90,6 +95,7 @@ class Worker:
         self.worker_id = worker_id
         self._grace_s, self._device, self._max_batch = grace_s, device, max_batch
         self._idle_wait_s = idle_wait_s
+        self._control = control
         self._lease_s = settings.job_lease_s
         self._beat_s = settings.job_lease_s / 3
         self._lock = threading.Lock()
@@ -104,7 +110,8 @@ class Worker:
     # --- the loop
 
     def run(self, stop: threading.Event) -> int:
-        """Work until `stop` is set (0) or the device fails (EXIT_DEVICE_FAILURE)."""
+        """Work until `stop` is set (0), a restart is requested (EXIT_RESTART) or the device fails
+        (EXIT_DEVICE_FAILURE)."""
         self._stop = stop
         self._held = self._snapshot_held()
         names = [engine.name for engine in self._engines]
@@ -126,8 +133,13 @@ class Worker:
 
     def _work(self) -> int:
         failures = 0
+        claimed: tuple[Engine, list[Job]] | None = None
         while not self._stop.is_set():
             try:
+                # Between jobs only: the job in hand always finishes before a clear or a restart. Right after a
+                # job the commands are read at once, so a restart never waits for one more job.
+                if self._control is not None and self._between_jobs(self._control, force=claimed is not None):
+                    return EXIT_RESTART
                 claimed = self._claim()
                 if claimed is None:
                     self._jobs.wait_for_work(self._idle_wait_s)
@@ -139,6 +151,11 @@ class Worker:
             if claimed is not None and not self._process(*claimed):
                 return EXIT_DEVICE_FAILURE
         return EXIT_OK
+
+    def _between_jobs(self, control: WorkerControl, *, force: bool) -> bool:
+        restart = control.between_jobs(force=force)
+        self._held = self._snapshot_held()  # a clear_cache dropped models: stop claiming by affinity to them
+        return restart
 
     def _claim(self) -> tuple[Engine, list[Job]] | None:
         for offset in range(len(self._engines)):
@@ -222,8 +239,8 @@ class Worker:
             self._fail([run], "engine_error", message)
             return
         try:
-            for key, png in zip(job.output_keys, output.images, strict=True):
-                self._objects.put(key, png, "image/png")
+            for index, (key, png) in enumerate(zip(job.output_keys, output.images, strict=True)):
+                self._output_store(key, job.future_links[index : index + 1]).put(key, png, "image/png")
         except StorageError as exc:
             self._fail([run], "storage_unavailable", f"The images could not be stored: {exc.message}")
             return
@@ -239,6 +256,12 @@ class Worker:
                 job_id, self.worker_id, result=dict(output.meta), seconds_per_step=per_step
             ),
         )
+
+    def _output_store(self, key: str, link: Sequence[str]) -> ObjectStore:
+        # After an update_s3 switch, a job queued before it still writes where its promised link points.
+        if isinstance(self._objects, SwitchingObjectStore):
+            return self._objects.store_for_link(key, link[0] if link else None)
+        return self._objects
 
     def _settle_stopped(self, runs: Sequence[_Run]) -> None:
         """The engine stopped early: cancelled jobs are marked so, the rest go back to the queue on a stop."""

@@ -17,8 +17,10 @@ from sqlalchemy.engine import Engine as DbEngine
 
 from sdserver.config import Settings
 from sdserver.database import create_db_engine, server_secret
-from sdserver.storage import ObjectStore, create_object_store
-from sdserver.worker.engine import build_engines
+from sdserver.storage_switch import SwitchingObjectStore, follow_storage, open_switching_store
+from sdserver.store_control import CommandWatcher, ControlStore
+from sdserver.worker.control import WorkerControl
+from sdserver.worker.engine import Engine, build_engines
 from sdserver.worker.loop import Worker
 
 log = logging.getLogger(__name__)
@@ -32,14 +34,30 @@ def make_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def build_object_store(settings: Settings, engine: DbEngine) -> ObjectStore:
-    """The same store the API builds: same folder or bucket, same link-signing secret."""
-    secret = (
+def signing_secret_for(settings: Settings, engine: DbEngine) -> bytes:
+    return (
         settings.signing_secret.get_secret_value().encode()
         if settings.signing_secret
         else server_secret(engine, "link_signing")
     )
-    return create_object_store(settings, signing_secret=secret)
+
+
+def build_object_store(settings: Settings, engine: DbEngine) -> SwitchingObjectStore:
+    """The same store the API builds: same folder or bucket (a persisted update_s3 setting first), same secret."""
+    return open_switching_store(settings, ControlStore(engine), signing_secret=signing_secret_for(settings, engine))
+
+
+def build_control(
+    settings: Settings, engine: DbEngine, objects: SwitchingObjectStore, engines: Sequence[Engine]
+) -> WorkerControl:
+    """The worker's end of the control channel: commands issued from now on reach it between jobs."""
+    control = ControlStore(engine)
+    secret = signing_secret_for(settings, engine)
+    return WorkerControl(
+        CommandWatcher(control),
+        engines,
+        reload_storage=lambda: follow_storage(objects, settings, control, signing_secret=secret),
+    )
 
 
 def run_worker(
@@ -49,7 +67,8 @@ def run_worker(
     grace_s: float = 30.0,
     stop: threading.Event | None = None,
 ) -> int:
-    """Run one worker until stopped: 0 after a graceful stop, 3 after a device failure, 2 on bad settings."""
+    """Run one worker until stopped: 0 after a graceful stop, 3 after a device failure, 4 when a restart was
+    requested (restart_server), 2 on bad settings."""
     # Imported here so importing this module (e.g. for `settings_to_env`) does not need the job store yet.
     from sdserver.store import JobStore
 
@@ -69,7 +88,10 @@ def run_worker(
         return EXIT_CONFIG_ERROR
     jobs = JobStore(db)
     try:
-        worker = Worker(settings, jobs, objects, engines, worker_id or make_worker_id(), grace_s=grace_s)
+        control = build_control(settings, db, objects, engines)
+        worker = Worker(
+            settings, jobs, objects, engines, worker_id or make_worker_id(), grace_s=grace_s, control=control
+        )
         stop = stop or threading.Event()
         with _stop_on_signals(stop):
             return worker.run(stop)

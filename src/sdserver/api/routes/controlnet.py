@@ -1,7 +1,132 @@
-"""Routes: generation (filled in by its owner)."""
+"""The ControlNet endpoint on the job spine, under every alias path (`CONTROLNET_PATHS`)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from sdserver.api.aliases import CONTROLNET_PATHS, family_prefix
+from sdserver.api.client_images import store_client_image
+from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
+from sdserver.api.fields import validate_request
+from sdserver.api.job_flow import allocate_outputs, run_job
+from sdserver.api.routes.generation import check_addons_exist
+from sdserver.api.schemas import openapi_body
+from sdserver.api.schemas_controlnet import ControlNetParams, ControlNetRequest, resolve_controlnet
+from sdserver.api.schemas_generation import GenerationParams
+from sdserver.api.services import Services
+from sdserver.auth import ApiKey
+from sdserver.engines.diffusion.models import AddonKind, find_addon, models_dir_for
+from sdserver.errors import ModelNotFoundError, ValidationError
+from sdserver.jobs import JobKind, JobSpec
 
 router = APIRouter(tags=["generation"])
+
+# Image fields and the job param each one's stored key goes in.
+_IMAGE_FIELDS = (
+    ("init_image", "init_image_key"),
+    ("control_image", "control_image_key"),
+    ("mask_image", "mask_image_key"),
+)
+
+
+async def controlnet(request: Request, services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
+    body = validate_request(ControlNetRequest, params.values)
+    models_dir = models_dir_for(services.settings.data_dir)
+    resolved, control = resolve_controlnet(
+        body,
+        model_id=_model_id(services, body.model_id),
+        controlnet_exists=lambda controlnet_id: find_addon(models_dir, AddonKind.CONTROLNET, controlnet_id) is not None,
+        enhance_suffix=services.settings.enhance_prompt_suffix,
+    )
+    check_addons_exist(services, resolved)
+    job_params = _job_params(resolved, control, body, request.url.path) | await _input_keys(services, body, caller)
+    keys, links = allocate_outputs(services, resolved.samples, temp=resolved.temp)
+    spec = JobSpec(
+        owner_key_id=caller.id,
+        kind=JobKind.CONTROLNET,
+        model_id=resolved.model_id,
+        params=job_params,
+        output_keys=keys,
+        future_links=links,
+        width=resolved.width,
+        height=resolved.height,
+        steps=resolved.steps,
+        scheduler=resolved.scheduler,
+        webhook_url=resolved.webhook,
+        track_id=resolved.track_id,
+        max_attempts=services.settings.job_max_attempts,
+    )
+    return await run_job(services, spec, instant_response=resolved.instant_response)
+
+
+def _model_id(services: Services, requested: str | None) -> str:
+    model_id = requested or services.settings.default_model_id
+    if not model_id:
+        raise ValidationError.for_field("model_id", "is required (no default model is configured)", requested)
+    if not services.models.exists(model_id):
+        raise ModelNotFoundError()
+    return model_id
+
+
+async def _input_keys(services: Services, body: ControlNetRequest, caller: ApiKey) -> dict[str, str]:
+    """Store each image the request gave (checked, SSRF-guarded) where workers read them."""
+    keys: dict[str, str] = {}
+    for field, param in _IMAGE_FIELDS:
+        value = getattr(body, field)
+        if value is not None:
+            # Kept 24 h: long enough for any queued job, then purged with other temporary uploads.
+            saved, _ = await store_client_image(
+                services, value, field=field, owner=caller, endpoint="job_input", temp=True
+            )
+            keys[param] = saved.object_key
+    return keys
+
+
+def _job_params(
+    resolved: GenerationParams, control: ControlNetParams, body: ControlNetRequest, path: str
+) -> dict[str, Any]:
+    meta = resolved.meta() | control.meta()
+    for field, _ in _IMAGE_FIELDS:
+        value = getattr(body, field)
+        if value is not None:
+            # URLs are echoed; inline image data would bloat every reply.
+            meta[field] = value if value.startswith("http") else "<base64>"
+    return {
+        "prompt": resolved.prompt,
+        "negative_prompt": resolved.negative_prompt,
+        "num_inference_steps": resolved.steps,
+        "guidance_scale": resolved.guidance_scale,
+        "seed": resolved.seed,
+        "samples": resolved.samples,
+        "use_karras_sigmas": resolved.use_karras_sigmas,
+        "algorithm_type": resolved.algorithm_type,
+        "clip_skip": resolved.clip_skip,
+        "lora_models": [lora for lora, _ in resolved.loras],
+        "lora_strengths": [strength for _, strength in resolved.loras],
+        "vae": resolved.vae,
+        "embeddings": list(resolved.embeddings),
+        "tomesd": resolved.tomesd,
+        "safety_checker": resolved.safety_checker,
+        "safety_checker_type": resolved.safety_checker_type,
+        "base64": resolved.base64,
+        "fetch_prefix": family_prefix(path),
+        "meta": meta,
+        **control.job_params(),
+    }
+
+
+def _register() -> None:
+    for index, path in enumerate(CONTROLNET_PATHS):
+        router.add_api_route(
+            path,
+            controlnet,
+            methods=["POST"],
+            include_in_schema=index == 0,
+            summary="ControlNet generation (text2img, img2img or inpaint steered by control images)",
+            openapi_extra=openapi_body(ControlNetRequest),
+        )
+
+
+_register()

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from sdserver.api.addons import require_addons
 from sdserver.api.aliases import IMG2IMG_PATHS, INPAINT_PATHS, TEXT2IMG_PATHS, family_prefix
 from sdserver.api.client_images import store_client_image
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
@@ -21,6 +22,7 @@ from sdserver.api.schemas_generation import (
 )
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
+from sdserver.engines.diffusion.models import AddonKind
 from sdserver.errors import ModelNotFoundError, ValidationError
 from sdserver.jobs import JobKind, JobSpec
 
@@ -34,6 +36,14 @@ def _model_id(services: Services, requested: str | None) -> str:
     if not services.models.exists(model_id):
         raise ModelNotFoundError()
     return model_id
+
+
+def check_addons_exist(services: Services, resolved: GenerationParams) -> None:
+    """Every LoRA, VAE and embedding id the request names must be on disk now (a clear error beats a failed job)."""
+    data_dir = services.settings.data_dir
+    require_addons(data_dir, AddonKind.LORA, "lora_model", [lora for lora, _ in resolved.loras])
+    require_addons(data_dir, AddonKind.VAE, "vae", [resolved.vae] if resolved.vae else [])
+    require_addons(data_dir, AddonKind.EMBEDDING, "embeddings_model", list(resolved.embeddings))
 
 
 async def _input_keys(services: Services, body: Text2ImgRequest, caller: ApiKey) -> dict[str, str]:
@@ -66,6 +76,13 @@ def _job_params(resolved: GenerationParams, body: Text2ImgRequest, path: str) ->
         "use_karras_sigmas": resolved.use_karras_sigmas,
         "algorithm_type": resolved.algorithm_type,
         "clip_skip": resolved.clip_skip,
+        "lora_models": [lora for lora, _ in resolved.loras],
+        "lora_strengths": [strength for _, strength in resolved.loras],
+        "vae": resolved.vae,
+        "embeddings": list(resolved.embeddings),
+        "tomesd": resolved.tomesd,
+        "safety_checker": resolved.safety_checker,
+        "safety_checker_type": resolved.safety_checker_type,
         "base64": resolved.base64,
         "fetch_prefix": family_prefix(path),
         "meta": meta,
@@ -79,7 +96,12 @@ async def _generate(
     kind: JobKind, schema: type[Text2ImgRequest], request: Request, services: Services, caller: ApiKey, values: Any
 ) -> dict[str, Any]:
     body = validate_request(schema, values)
-    resolved = resolve_generation(body, model_id=_model_id(services, body.model_id))
+    resolved = resolve_generation(
+        body,
+        model_id=_model_id(services, body.model_id),
+        enhance_suffix=services.settings.enhance_prompt_suffix,
+    )
+    check_addons_exist(services, resolved)
     params = _job_params(resolved, body, request.url.path) | await _input_keys(services, body, caller)
     keys, links = allocate_outputs(services, resolved.samples, temp=resolved.temp)
     spec = JobSpec(

@@ -24,9 +24,19 @@ class FetchRequest(LenientRequest):
     request_id: LenientInt = Field(default=None, description="The job id (string or number).")
 
 
+# Ids are SQL BIGINTs: a bigger number cannot name a job (and would overflow the database driver).
+_MAX_JOB_ID = 2**63 - 1
+
+
+def _in_id_range(job_id: int) -> int:
+    if abs(job_id) > _MAX_JOB_ID:
+        raise NotFoundError()
+    return job_id
+
+
 def _job_id_from_path(raw: str) -> int:
     try:
-        return int(raw.strip())
+        return _in_id_range(int(raw.strip()))
     except ValueError:
         raise NotFoundError() from None
 
@@ -35,7 +45,7 @@ def _job_id_from_body(params: dict[str, Any]) -> int:
     job_id = validate_request(FetchRequest, params).request_id
     if job_id is None:
         raise ValidationError.for_field("request_id", "is required", None)
-    return job_id
+    return _in_id_range(job_id)
 
 
 def _owner_filter(caller: ApiKey) -> int | None:

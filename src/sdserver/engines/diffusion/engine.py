@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final
 
 import torch
 
+from sdserver.engines.diffusion.controlnet import ControlNetCache, run_controlnet_job
 from sdserver.engines.diffusion.loader import LoadedModel, load_model
 from sdserver.engines.diffusion.models import find_model, list_models, models_dir_for
 from sdserver.engines.diffusion.pipelines import run_job
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KINDS: Final = frozenset({JobKind.TEXT2IMG, JobKind.IMG2IMG, JobKind.INPAINT})
+KINDS: Final = frozenset({JobKind.TEXT2IMG, JobKind.IMG2IMG, JobKind.INPAINT, JobKind.CONTROLNET})
 # The worker asks for models() on every claim (several times a second when idle): rescan the disk at most this often.
 MODELS_SCAN_TTL_S: Final = 2.0
 
@@ -49,12 +50,14 @@ class DiffusionEngine:
         if max_loaded < 1:
             raise ValueError(f"max_loaded must be at least 1, got {max_loaded}")
         self._models_dir = models_dir_for(settings.data_dir)
+        self._nsfw_threshold = settings.nsfw_threshold
         self._objects = objects
         self._max_loaded = max_loaded
         self.placement: Placement = choose_placement(precision, device)
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._scan: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
+        self._controlnets = ControlNetCache(self._models_dir, self.placement)
         _quiet_libraries()
 
     def kinds(self) -> Collection[JobKind]:
@@ -79,6 +82,7 @@ class DiffusionEngine:
     def clear(self) -> None:
         with self._lock:
             self._loaded.clear()
+        self._controlnets.clear()
         _free_memory()
 
     def run(self, jobs: Sequence[Job], ctx: Callable[[Job], StepContext]) -> list[EngineOutput]:
@@ -89,7 +93,7 @@ class DiffusionEngine:
             ctx(job).step(0, job.steps)
         try:
             model = self._model(jobs[0].model_id)
-            return [run_job(model, job, self._objects, ctx(job)) for job in jobs]
+            return [self._run_one(model, job, ctx(job)) for job in jobs]
         except torch.OutOfMemoryError:
             pass
         except torch.AcceleratorError as exc:
@@ -98,6 +102,19 @@ class DiffusionEngine:
         # Outside the except block, so the traceback no longer pins this run's tensors when memory is freed.
         _free_memory()
         raise DeviceOutOfMemory(f"out of memory on {self.placement.device} running model {jobs[0].model_id}")
+
+    def _run_one(self, model: LoadedModel, job: Job, ctx: StepContext) -> EngineOutput:
+        if job.kind is JobKind.CONTROLNET:
+            return run_controlnet_job(
+                model,
+                job,
+                self._objects,
+                ctx,
+                self._controlnets,
+                models_dir=self._models_dir,
+                nsfw_threshold=self._nsfw_threshold,
+            )
+        return run_job(model, job, self._objects, ctx, models_dir=self._models_dir, nsfw_threshold=self._nsfw_threshold)
 
     def _model(self, model_id: str) -> LoadedModel:
         source = find_model(self._models_dir, model_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -16,6 +16,7 @@ from diffusers import (
 )
 from safetensors import safe_open
 
+from sdserver.engines.diffusion.addons import AddonCache
 from sdserver.engines.diffusion.models import MODEL_INDEX, ModelFormat, ModelSource
 from sdserver.engines.diffusion.precision import Placement
 from sdserver.jobs import JobKind
@@ -44,6 +45,8 @@ class LoadedModel:
     scheduler_config: Any
     default_scheduler: str
     text_layers: int
+    # LoRA adapters and VAEs kept loaded for this model between jobs (job_addons puts them on and takes them off).
+    addons: AddonCache = field(default_factory=AddonCache)
 
 
 def bundled_config_dir() -> Path:

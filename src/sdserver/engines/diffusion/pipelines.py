@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import torch
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
+from sdserver.engines.diffusion.addons import TOME_RATIO, AddonRequest, job_addons
 from sdserver.engines.diffusion.finishing import FinishedImages, finish_images
 from sdserver.engines.diffusion.loader import INPAINT_IN_CHANNELS, LoadedModel, unet_in_channels
 from sdserver.engines.diffusion.prompts import clip_skip_kwargs
@@ -98,7 +100,15 @@ def diffusers_clip_skip(requested: int | None, text_layers: int) -> int | None:
     return min(requested - 1, text_layers - 1) or None
 
 
-def run_job(model: LoadedModel, job: Job, objects: ObjectStore, ctx: StepContext) -> EngineOutput:
+def run_job(
+    model: LoadedModel,
+    job: Job,
+    objects: ObjectStore,
+    ctx: StepContext,
+    *,
+    models_dir: Path,
+    nsfw_threshold: float = DEFAULT_NSFW_THRESHOLD,
+) -> EngineOutput:
     """Make `samples` images for one job as one batch; raises JobFailed for inputs the job cannot use."""
     if job.kind is not JobKind.INPAINT and unet_in_channels(model) == INPAINT_IN_CHANNELS:
         raise JobFailed("unsupported_model", f"Model {model.model_id} is an inpainting model; use it with inpaint")
@@ -107,10 +117,37 @@ def run_job(model: LoadedModel, job: Job, objects: ObjectStore, ctx: StepContext
     pipeline = model.pipelines[job.kind]
     pipeline.scheduler = build_scheduler(choice, model.scheduler_config, inputs.seed)
     skip = diffusers_clip_skip(inputs.clip_skip, model.text_layers)
+    init, mask = _input_images(job, objects)
+    addons = AddonRequest.from_job(job)
+    with job_addons(pipeline, model.addons, addons, models_dir, inputs.seed) as addon_meta:
+        images = _generate(pipeline, job, inputs, ctx, skip, init, mask)
+    if mask is not None and init is not None:
+        images = [paste_unmasked(image, init, mask) for image in images]
+    finished = finish_images(
+        images,
+        job,
+        seed=inputs.seed,
+        sampler=choice.class_name,
+        nsfw_threshold=nsfw_threshold,
+        extra_parameters=_extra_parameters(inputs, addons, skip, from_image=init is not None),
+    )
+    meta = _meta(inputs, choice, model, skip) | addon_meta | finished.meta
+    return EngineOutput(images=finished.images, meta=meta)
+
+
+def _generate(
+    pipeline: Any,
+    job: Job,
+    inputs: JobInputs,
+    ctx: StepContext,
+    skip: int | None,
+    init: Image.Image | None,
+    mask: Image.Image | None,
+) -> list[Image.Image]:
     kwargs = common_kwargs(inputs, ctx)
     if skip is not None:
+        # Inside the add-ons: embeddings and text-encoder LoRA must shape these embeddings too.
         kwargs.update(clip_skip_kwargs(pipeline, inputs.prompt, inputs.negative_prompt, skip))
-    init, mask = _input_images(job, objects)
     if init is None:
         kwargs.update(height=job.height, width=job.width)
     else:
@@ -119,13 +156,21 @@ def run_job(model: LoadedModel, job: Job, objects: ObjectStore, ctx: StepContext
         kwargs.update(mask_image=mask, height=job.height, width=job.width)
     if init is not None and int(inputs.steps * inputs.strength) < 1:
         # No denoising step would run (diffusers refuses this): strength this low means "keep the image".
-        images = [init.copy() for _ in range(inputs.samples)]
-    else:
-        with torch.inference_mode():
-            images = list(pipeline(**kwargs).images)
-    if mask is not None and init is not None:
-        images = [paste_unmasked(image, init, mask) for image in images]
-    return EngineOutput(images=[encode_image(image) for image in images], meta=_meta(inputs, choice, model, skip))
+        return [init.copy() for _ in range(inputs.samples)]
+    with torch.inference_mode():
+        return list(pipeline(**kwargs).images)
+
+
+def _extra_parameters(inputs: JobInputs, addons: AddonRequest, skip: int | None, *, from_image: bool) -> dict[str, Any]:
+    """A1111's names for the settings beyond the standard ones, for the PNG `parameters` text."""
+    return {
+        "Denoising strength": inputs.strength if from_image else None,
+        "Clip skip": skip + 1 if skip is not None else None,
+        "VAE": addons.vae,
+        "Lora": ", ".join(f"{lora}: {strength:g}" for lora, strength in addons.loras) or None,
+        "Embeddings": ", ".join(addons.embeddings) or None,
+        "Token merging ratio": TOME_RATIO if addons.tomesd else None,
+    }
 
 
 def _input_images(job: Job, objects: ObjectStore) -> tuple[Image.Image | None, Image.Image | None]:

@@ -19,6 +19,9 @@ def _final_layer_norm(text_encoder: Any) -> Any:
 def skipped_embeddings(pipeline: Any, text: str, skip: int) -> torch.Tensor:
     """The hidden state `skip` layers before the last, through the final layer norm (A1111's "CLIP skip")."""
     tokenizer, encoder = pipeline.tokenizer, pipeline.text_encoder
+    if hasattr(pipeline, "maybe_convert_prompt"):
+        # Multi-vector textual-inversion tokens expand to `tok tok_1 ...`, as diffusers' own encode_prompt does.
+        text = pipeline.maybe_convert_prompt(text, tokenizer)
     ids = tokenizer(
         text,
         padding="max_length",

@@ -1,0 +1,70 @@
+"""Benchmark models: an SD-1.5-shaped diffusers folder with seeded random weights (from the bundled SD 1.5 configs),
+and the tiny test model for --quick runs. Built once per run and shared."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import SEED, TINY_MODEL, RunContext
+
+SD15_CONFIGS = Path(__file__).resolve().parents[1] / "src" / "sdserver" / "engines" / "diffusion" / "configs" / "sd15"
+
+
+def write_sd15(folder: Path, seed: int = SEED) -> Path:
+    """A diffusers folder with the real SD 1.5 architecture (UNet 860M, VAE 84M, CLIP-L 123M parameters) and
+    seeded random weights: compute cost is the real model's; the images are noise. About 4 GB on disk."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    shutil.copytree(SD15_CONFIGS, folder)
+    # One component at a time, freed before the next: peak memory is the UNet's 3.4 GB, not all 4.
+    torch.manual_seed(seed)
+    unet: Any = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    del unet
+    gc.collect()
+    vae: Any = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    del vae
+    text = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+    text.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    del text
+    gc.collect()
+    return folder
+
+
+def model_folder(ctx: RunContext) -> tuple[Path, str]:
+    """The generation model of this run, built on first use: SD-1.5-shaped, or the tiny model with --quick.
+    Returns (folder, kind)."""
+
+    def build() -> tuple[Path, str]:
+        started = time.perf_counter()
+        if ctx.quick:
+            from sdserver.engines.diffusion.tiny import make_tiny_model
+
+            folder = make_tiny_model(ctx.workdir / "models", TINY_MODEL, seed=SEED)
+            kind = "tiny"
+        else:
+            folder = write_sd15(ctx.workdir / "models" / "sd15")
+            kind = "sd15"
+        print(f"  built {kind} model in {time.perf_counter() - started:.1f} s: {folder}", flush=True)
+        return folder, kind
+
+    folder, kind = ctx.shared("model", build)
+    return folder, kind
+
+
+def tiny_folders(ctx: RunContext, count: int) -> list[Path]:
+    """`count` tiny models with different seeds (P7's mixed jobs over several models)."""
+    from sdserver.engines.diffusion.tiny import make_tiny_model
+
+    def build() -> list[Path]:
+        return [make_tiny_model(ctx.workdir / "tiny", f"tiny-{index}", seed=index) for index in range(count)]
+
+    folders: list[Path] = ctx.shared(f"tiny-{count}", build)
+    return folders

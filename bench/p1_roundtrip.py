@@ -1,0 +1,65 @@
+"""P1: one img2img round trip through the HTTP API and a real worker against the bare diffusers pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+from bench.common import RunContext, median, result
+from bench.generation import JobShape, api_job, bare_job, bare_pipeline, gen_server, mean_abs_diff
+
+
+def shape_for(ctx: RunContext) -> JobShape:
+    if ctx.quick:
+        return JobShape(side=64, steps=2)
+    return JobShape(side=512, steps=25) if ctx.gpu else JobShape(side=256, steps=8)
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    shape = shape_for(ctx)
+    repeats = 1 if ctx.quick else 3
+    server = gen_server(ctx)
+    pipe, precision = bare_pipeline(ctx)
+
+    async def api_once(index: int) -> tuple[float, bytes]:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            started = time.perf_counter()
+            png = await api_job(client, server, shape, index)
+            return time.perf_counter() - started, png
+
+    def bare_once(index: int) -> tuple[float, Any]:
+        started = time.perf_counter()
+        image = bare_job(pipe, shape, index)
+        return time.perf_counter() - started, image
+
+    # Warm-ups: the worker loads the model on its first job; both sides run one job untimed.
+    warm_api_s, png = asyncio.run(api_once(0))
+    warm_bare_s, image = bare_once(0)
+    api_times, bare_times = [], []
+    # Interleaved, so slow phases of a noisy machine hit both sides alike.
+    for _ in range(repeats):
+        bare_times.append(bare_once(0)[0])
+        api_times.append(asyncio.run(api_once(0))[0])
+    ratio = median(api_times) / median(bare_times)
+    limit = 1.02 if ctx.gpu else 1.05
+    return result(
+        "P1",
+        f"img2img round trip via HTTP API + worker, {shape.side}×{shape.side}, {shape.steps} steps",
+        "bare diffusers img2img pipeline, same params and seed, in one process",
+        ratio,
+        f"≤ {limit}",
+        ratio <= limit,
+        limit=limit,
+        api_median_s=median(api_times),
+        bare_median_s=median(bare_times),
+        api_times_s=api_times,
+        bare_times_s=bare_times,
+        warmup_api_s=warm_api_s,
+        warmup_bare_s=warm_bare_s,
+        precision=precision,
+        output_mean_abs_diff=mean_abs_diff(png, image),
+        repeats=repeats,
+    )

@@ -1,0 +1,69 @@
+"""P2: throughput of concurrent clients through the API and a worker against the same jobs run serially bare."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+from bench.common import RunContext, result
+from bench.generation import JobShape, api_job, bare_job, bare_pipeline, gen_server
+
+
+def plan(ctx: RunContext) -> tuple[JobShape, int, int]:
+    """(job shape, jobs, clients). CPU: 128×128, 4 steps — 64 jobs at P1's size would take 10 minutes a side."""
+    if ctx.quick:
+        return JobShape(side=64, steps=2), 8, 4
+    return (JobShape(side=512, steps=25) if ctx.gpu else JobShape(side=128, steps=4)), 64, 16
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    shape, count, clients = plan(ctx)
+    server = gen_server(ctx)
+    pipe, precision = bare_pipeline(ctx)
+    # Warm both paths at this shape (P1 may have run another one).
+    bare_job(pipe, shape, 0)
+
+    async def api_all() -> float:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for index in range(count):
+            queue.put_nowait(index)
+
+        async def client_loop() -> None:
+            async with httpx.AsyncClient(trust_env=False) as client:
+                while not queue.empty():
+                    await api_job(client, server, shape, queue.get_nowait())
+
+        async with httpx.AsyncClient(trust_env=False) as client:
+            await api_job(client, server, shape, 0)
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop() for _ in range(clients)))
+        return time.perf_counter() - started
+
+    api_s = asyncio.run(api_all())
+    started = time.perf_counter()
+    for index in range(count):
+        bare_job(pipe, shape, index)
+    bare_s = time.perf_counter() - started
+    # Throughput ratio: jobs/s through the server ÷ jobs/s of the serial bare pipeline.
+    ratio = bare_s / api_s
+    goal, met = ("≥ 2.0", ratio >= 2.0) if ctx.gpu else ("≥ 0.95", ratio >= 0.95)
+    return result(
+        "P2",
+        f"throughput, {clients} concurrent clients, {count} img2img jobs {shape.side}×{shape.side}, {shape.steps} steps",
+        "the same jobs one after another on the bare pipeline",
+        ratio,
+        goal,
+        met,
+        limit=2.0 if ctx.gpu else 0.95,
+        better="higher",
+        api_jobs_per_s=count / api_s,
+        bare_jobs_per_s=count / bare_s,
+        api_total_s=api_s,
+        bare_total_s=bare_s,
+        precision=precision,
+        jobs=count,
+        clients=clients,
+    )

@@ -1,0 +1,217 @@
+"""Request schema of the ControlNet endpoint and the rules that turn it into job params (on top of the generation
+rules every generation endpoint shares)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pydantic import AliasChoices, Field
+
+from sdserver.api.fields import Flag, LenientFloat, OptionalText
+from sdserver.api.schemas_generation import GenerationParams, Text2ImgRequest, resolve_generation
+from sdserver.engines.diffusion.hints import HINT_PREPROCESSORS, MAX_CONTROLNETS
+from sdserver.engines.diffusion.schedulers_table import SchedulerError, plan_scheduler
+from sdserver.errors import ValidationError
+
+DEFAULT_STRENGTH: Final = 0.7
+DEFAULT_CONDITIONING_SCALE: Final = 1.0
+MAX_CONDITIONING_SCALE: Final = 5.0
+# What the job does with its images (see `controlnet_mode`): the engine derives the same from the stored keys.
+TEXT2IMG_MODE: Final = "text2img"
+IMG2IMG_MODE: Final = "img2img"
+INPAINT_MODE: Final = "inpaint"
+
+
+class ControlNetRequest(Text2ImgRequest):
+    """The generation fields plus the ControlNet ones. `prompt` may be left out when `guess_mode` is yes."""
+
+    prompt: OptionalText = Field(  # type: ignore[assignment]
+        default=None, description="What to draw; may be empty with guess_mode yes."
+    )
+    controlnet_model: OptionalText = Field(
+        default=None, description=f"ControlNet id, or a comma list of up to {MAX_CONTROLNETS} (MultiControlNet)."
+    )
+    controlnet_type: OptionalText = Field(
+        default=None,
+        description="What the ControlNet reads (canny, depth, ...): one, or one per ControlNet. With auto_hint yes "
+        f"it picks the hint preprocessor ({', '.join(sorted(HINT_PREPROCESSORS))}).",
+    )
+    controlnet_conditioning_scale: OptionalText = Field(
+        default=None, description="ControlNet weight, 0–5 (default 1): one number, or a comma list, one per ControlNet."
+    )
+    auto_hint: Flag = Field(default=None, description="yes: make the hint from the picture (e.g. canny edges).")
+    guess_mode: Flag = Field(default=None, description="yes: the ControlNet steers without relying on the prompt.")
+    init_image: OptionalText = Field(
+        default=None, description="Reference image; the control picture when no control_image is given."
+    )
+    control_image: OptionalText = Field(
+        default=None, description="The control picture (or hint). With an init_image too, the job is img2img."
+    )
+    mask_image: OptionalText = Field(default=None, description="Mask for ControlNet inpainting: white is repainted.")
+    strength: LenientFloat = Field(
+        default=None,
+        validation_alias=AliasChoices("strength", "prompt_strength"),
+        description="How much to change the init image in img2img/inpaint mode, 0–1 (default 0.7).",
+    )
+
+
+@dataclass(frozen=True)
+class ControlNetParams:
+    """The validated ControlNet part of a request: one type and one scale per ControlNet."""
+
+    mode: str
+    models: list[str]
+    types: list[str | None]
+    scales: list[float]
+    auto_hint: bool
+    guess_mode: bool
+    strength: float | None
+
+    def job_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "controlnet_model": self.models,
+            "controlnet_type": self.types,
+            "controlnet_conditioning_scale": self.scales,
+            "auto_hint": self.auto_hint,
+            "guess_mode": self.guess_mode,
+        }
+        if self.strength is not None:
+            params["strength"] = self.strength
+        return params
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "controlnet_mode": self.mode,
+            "controlnet_model": ",".join(self.models),
+            "controlnet_type": ",".join(kind or "" for kind in self.types),
+            "controlnet_conditioning_scale": self.scales[0] if len(self.scales) == 1 else self.scales,
+            "auto_hint": "yes" if self.auto_hint else "no",
+            "guess_mode": "yes" if self.guess_mode else "no",
+            "strength": self.strength,
+            "hint_preprocessors": sorted(HINT_PREPROCESSORS),
+        }
+
+
+def resolve_controlnet(
+    request: ControlNetRequest,
+    *,
+    model_id: str,
+    controlnet_exists: Callable[[str], bool],
+    enhance_suffix: str = "",
+) -> tuple[GenerationParams, ControlNetParams]:
+    """The generation rules, then the ControlNet ones; every broken rule names its field and value."""
+    guess_mode = bool(request.guess_mode)
+    if request.prompt is None:
+        if not guess_mode:
+            raise ValidationError.for_field("prompt", "is required (unless guess_mode is yes)", None)
+        request = request.model_copy(update={"prompt": ""})
+        # Nothing to enhance: the enhancer text alone would become the whole prompt.
+        enhance_suffix = ""
+    mode = _mode(request)
+    resolved = resolve_generation(request, model_id=model_id, enhance_suffix=enhance_suffix)
+    if mode != TEXT2IMG_MODE:
+        _check_scheduler_from_image(resolved)
+    models = _models(request.controlnet_model, controlnet_exists)
+    auto_hint = bool(request.auto_hint)
+    control = ControlNetParams(
+        mode=mode,
+        models=models,
+        types=_types(request.controlnet_type, models, auto_hint=auto_hint),
+        scales=_scales(request.controlnet_conditioning_scale, len(models)),
+        auto_hint=auto_hint,
+        guess_mode=guess_mode,
+        strength=None if mode == TEXT2IMG_MODE else _strength(request.strength),
+    )
+    return resolved, control
+
+
+def split_list(value: str | None) -> list[str]:
+    """A comma list, trimmed, empty items dropped."""
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def _mode(request: ControlNetRequest) -> str:
+    if request.init_image is None and request.control_image is None:
+        raise ValidationError.for_field("init_image", "is required (or give a control_image)", None)
+    if request.mask_image is not None:
+        if request.init_image is None:
+            raise ValidationError.for_field("init_image", "is required with a mask_image", None)
+        return INPAINT_MODE
+    return IMG2IMG_MODE if request.init_image is not None and request.control_image is not None else TEXT2IMG_MODE
+
+
+def _check_scheduler_from_image(resolved: GenerationParams) -> None:
+    try:
+        plan_scheduler(resolved.scheduler, resolved.use_karras_sigmas, resolved.algorithm_type, from_image=True)
+    except SchedulerError as exc:
+        raise ValidationError(
+            f"scheduler: {exc.message}", field_errors={"scheduler": [f"{exc.message}, got {resolved.scheduler!r}"]}
+        ) from None
+
+
+def _models(value: str | None, exists: Callable[[str], bool]) -> list[str]:
+    models = split_list(value)
+    if not models:
+        raise ValidationError.for_field("controlnet_model", "is required", value)
+    if len(models) > MAX_CONTROLNETS:
+        raise ValidationError.for_field("controlnet_model", f"names at most {MAX_CONTROLNETS} ControlNets", value)
+    for model in models:
+        if not exists(model):
+            raise ValidationError.for_field("controlnet_model", "is not a ControlNet on this server", model)
+    return models
+
+
+def _per_model(field: str, values: list[Any], count: int, raw: str | None) -> list[Any]:
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise ValidationError.for_field(field, f"must be one value or one per ControlNet ({count})", raw)
+    return values
+
+
+def _types(value: str | None, models: list[str], *, auto_hint: bool) -> list[str | None]:
+    given = [item.lower() for item in split_list(value)]
+    # No type given: a ControlNet named after a type ("canny") is taken to be of that type.
+    types: list[str | None] = (
+        list(_per_model("controlnet_type", given, len(models), value))
+        if given
+        else [model.lower() if model.lower() in HINT_PREPROCESSORS else None for model in models]
+    )
+    if auto_hint:
+        for kind in types:
+            if kind not in HINT_PREPROCESSORS:
+                supported = ", ".join(sorted(HINT_PREPROCESSORS))
+                raise ValidationError.for_field(
+                    "controlnet_type",
+                    f"auto_hint can make hints for {supported} only (send a ready control_image with auto_hint no)",
+                    kind,
+                )
+    return types
+
+
+def _scales(value: str | None, count: int) -> list[float]:
+    items = split_list(value)
+    if not items:
+        return [DEFAULT_CONDITIONING_SCALE] * count
+    scales: list[float] = []
+    for item in items:
+        try:
+            number = float(item)
+        except ValueError:
+            raise ValidationError.for_field("controlnet_conditioning_scale", "must be a number", item) from None
+        if not 0.0 <= number <= MAX_CONDITIONING_SCALE:
+            raise ValidationError.for_field(
+                "controlnet_conditioning_scale", f"must be between 0 and {MAX_CONDITIONING_SCALE:g}", number
+            )
+        scales.append(number)
+    return _per_model("controlnet_conditioning_scale", scales, count, value)
+
+
+def _strength(value: float | None) -> float:
+    if value is None:
+        return DEFAULT_STRENGTH
+    if not 0.0 <= value <= 1.0:
+        raise ValidationError.for_field("strength", "must be between 0 and 1", value)
+    return value

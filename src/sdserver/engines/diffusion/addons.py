@@ -1,0 +1,222 @@
+"""Per-job add-ons on a shared loaded model: LoRA adapters, a swapped VAE, textual-inversion embeddings and token
+merging (tomesd). `job_addons` applies them for one job and leaves the model exactly as it found it."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import torch
+
+from sdserver.engines.diffusion.models import AddonKind, find_addon
+from sdserver.jobs import Job
+from sdserver.worker.engine import JobFailed
+
+# Loaded adapters stay on the model (disabled between jobs) so a popular LoRA is not re-read every job.
+MAX_CACHED_LORAS: Final = 8
+MAX_CACHED_VAES: Final = 2
+# tomesd's recommended settings: merge half the tokens, only in the full-resolution attention layers.
+TOME_RATIO: Final = 0.5
+TOME_MAX_DOWNSAMPLE: Final = 1
+# A diffusers-layout VAE state dict has these; an original (LDM) checkpoint has `decoder.up.N...` instead.
+DIFFUSERS_VAE_KEY: Final = "decoder.conv_in.weight"
+DIFFUSERS_VAE_BLOCK: Final = "decoder.up_blocks."
+
+
+@dataclass(frozen=True)
+class AddonRequest:
+    """The add-ons one job asks for (validated by the API; ids are checked again before touching a path)."""
+
+    loras: tuple[tuple[str, float], ...] = ()
+    vae: str | None = None
+    embeddings: tuple[str, ...] = ()
+    tomesd: bool = False
+
+    @classmethod
+    def from_job(cls, job: Job) -> AddonRequest:
+        params = job.params
+        ids = [str(item) for item in params.get("lora_models") or ()]
+        strengths = [float(item) for item in params.get("lora_strengths") or ()]
+        strengths += [1.0] * (len(ids) - len(strengths))
+        return cls(
+            loras=tuple(zip(ids, strengths, strict=False)),
+            vae=str(params["vae"]) if params.get("vae") else None,
+            embeddings=tuple(str(item) for item in params.get("embeddings") or ()),
+            tomesd=bool(params.get("tomesd", False)),
+        )
+
+
+@dataclass
+class AddonCache:
+    """What stays loaded on one model between jobs: LoRA adapter names and VAEs, keyed by id with the files'
+    fingerprint so a replaced file is read again."""
+
+    loras: OrderedDict[str, tuple[str, int]] = field(default_factory=OrderedDict)
+    vaes: OrderedDict[str, tuple[Any, int]] = field(default_factory=OrderedDict)
+
+
+@contextmanager
+def job_addons(
+    pipeline: Any, cache: AddonCache, request: AddonRequest, models_dir: Path, seed: int
+) -> Iterator[dict[str, Any]]:
+    """Apply the request's add-ons to `pipeline` for the body of the `with`; yields what `meta` reports. On exit
+    (also on errors and cancels) every change is undone in reverse order."""
+    meta: dict[str, Any] = {"tomesd": "yes" if request.tomesd else "no"}
+    with ExitStack() as undo:
+        if request.loras:
+            _apply_loras(pipeline, cache, request.loras, models_dir)
+            undo.callback(pipeline.disable_lora)
+        if request.vae is not None:
+            own = pipeline.vae
+            pipeline.vae = _vae(pipeline, cache, request.vae, models_dir)
+            undo.callback(setattr, pipeline, "vae", own)
+        if request.embeddings:
+            tokens = _load_embeddings(pipeline, request.embeddings, models_dir)
+            undo.callback(pipeline.unload_textual_inversion, tokens=tokens)
+        if request.tomesd:
+            _apply_tome(pipeline, seed)
+            undo.callback(_remove_tome, pipeline)
+        yield meta
+
+
+def _addon_path(models_dir: Path, kind: AddonKind, addon_id: str, field_name: str) -> Path:
+    path = find_addon(models_dir, kind, addon_id)
+    if path is None:
+        raise JobFailed("addon_not_found", f"{field_name}: no {kind.value} with id {addon_id!r} is loaded")
+    return path
+
+
+def fingerprint(path: Path) -> int:
+    """Newest modification time of the file or of any file in the folder."""
+    files = [path] if path.is_file() else [entry for entry in path.rglob("*") if entry.is_file()]
+    return max((entry.stat().st_mtime_ns for entry in files), default=0)
+
+
+def adapter_name(lora_id: str) -> str:
+    # peft keeps adapters in ModuleDicts, whose keys may not contain dots.
+    return "lora_" + re.sub(r"[^A-Za-z0-9_]", "_", lora_id) + f"_{len(lora_id)}"
+
+
+def _apply_loras(pipeline: Any, cache: AddonCache, loras: tuple[tuple[str, float], ...], models_dir: Path) -> None:
+    names: list[str] = []
+    for lora_id, _ in loras:
+        path = _addon_path(models_dir, AddonKind.LORA, lora_id, "lora_model")
+        stamp = fingerprint(path)
+        cached = cache.loras.get(lora_id)
+        if cached is not None and cached[1] != stamp:
+            pipeline.delete_adapters(cached[0])
+            del cache.loras[lora_id]
+            cached = None
+        if cached is None:
+            _evict_loras(pipeline, cache, keep={lora_id for lora_id, _ in loras})
+            name = adapter_name(lora_id)
+            try:
+                pipeline.load_lora_weights(str(path), adapter_name=name)
+            except (ValueError, KeyError, OSError, RuntimeError) as exc:
+                raise JobFailed("addon_load_failed", f"lora_model: {lora_id!r} could not be loaded: {exc}") from exc
+            cache.loras[lora_id] = (name, stamp)
+        cache.loras.move_to_end(lora_id)
+        names.append(cache.loras[lora_id][0])
+    pipeline.enable_lora()
+    pipeline.set_adapters(names, adapter_weights=[strength for _, strength in loras])
+
+
+def _evict_loras(pipeline: Any, cache: AddonCache, keep: set[str]) -> None:
+    while len(cache.loras) >= MAX_CACHED_LORAS:
+        oldest = next((lora_id for lora_id in cache.loras if lora_id not in keep), None)
+        if oldest is None:
+            return
+        name, _ = cache.loras.pop(oldest)
+        pipeline.delete_adapters(name)
+
+
+def _vae(pipeline: Any, cache: AddonCache, vae_id: str, models_dir: Path) -> Any:
+    path = _addon_path(models_dir, AddonKind.VAE, vae_id, "vae")
+    stamp = fingerprint(path)
+    cached = cache.vaes.get(vae_id)
+    if cached is not None and cached[1] == stamp:
+        cache.vaes.move_to_end(vae_id)
+        return cached[0]
+    own = pipeline.vae
+    try:
+        vae = load_vae(path, own)
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+        raise JobFailed("addon_load_failed", f"vae: {vae_id!r} could not be loaded: {exc}") from exc
+    if int(vae.config.latent_channels) != int(own.config.latent_channels) or len(vae.config.block_out_channels) != len(
+        own.config.block_out_channels
+    ):
+        raise JobFailed("addon_incompatible", f"vae: {vae_id!r} does not fit model latents (other architecture)")
+    vae = vae.to(device=own.device, dtype=own.dtype).eval()
+    cache.vaes[vae_id] = (vae, stamp)
+    while len(cache.vaes) > MAX_CACHED_VAES:
+        cache.vaes.popitem(last=False)
+    return vae
+
+
+def load_vae(path: Path, own: Any) -> Any:
+    """An AutoencoderKL from a diffusers folder, or from one weights file in diffusers or original (LDM) layout
+    shaped like the model's own VAE (offline: no config is fetched)."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    if path.is_dir():
+        return AutoencoderKL.from_pretrained(path, local_files_only=True)  # type: ignore[no-untyped-call]
+    state = _read_weights(path)
+    config = dict(own.config)
+    if DIFFUSERS_VAE_KEY not in state or not any(key.startswith(DIFFUSERS_VAE_BLOCK) for key in state):
+        state = convert_ldm_vae_checkpoint(state, config)  # type: ignore[no-untyped-call]
+    vae = AutoencoderKL.from_config(config)  # type: ignore[no-untyped-call]
+    vae.load_state_dict(state, strict=True)
+    return vae
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    # .pt/.ckpt are pickles: weights_only refuses code execution.
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
+    return {str(key): value for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def _load_embeddings(pipeline: Any, embedding_ids: tuple[str, ...], models_dir: Path) -> list[str]:
+    """Load each embedding under its id as the prompt token; returns every token added (multi-vector embeddings
+    add `id_1`, `id_2`...) so exactly those are unloaded."""
+    tokenizer = pipeline.tokenizer
+    before = set(tokenizer.get_vocab())
+    try:
+        for embedding_id in embedding_ids:
+            path = _addon_path(models_dir, AddonKind.EMBEDDING, embedding_id, "embeddings_model")
+            try:
+                pipeline.load_textual_inversion(str(path), token=embedding_id)
+            except (ValueError, KeyError, OSError, RuntimeError) as exc:
+                raise JobFailed(
+                    "addon_load_failed", f"embeddings_model: {embedding_id!r} could not be loaded: {exc}"
+                ) from exc
+    except BaseException:
+        added = sorted(set(tokenizer.get_vocab()) - before)
+        if added:
+            pipeline.unload_textual_inversion(tokens=added)
+        raise
+    return sorted(set(tokenizer.get_vocab()) - before)
+
+
+def _apply_tome(pipeline: Any, seed: int) -> None:
+    import tomesd  # type: ignore[import-untyped]
+
+    tomesd.apply_patch(pipeline, ratio=TOME_RATIO, max_downsample=TOME_MAX_DOWNSAMPLE)
+    # tomesd forks the global RNG for its random merge partitions; a seeded generator keeps a seed's bytes stable.
+    pipeline.unet._tome_info["args"]["generator"] = torch.Generator(pipeline.unet.device).manual_seed(seed)
+
+
+def _remove_tome(pipeline: Any) -> None:
+    import tomesd
+
+    tomesd.remove_patch(pipeline)

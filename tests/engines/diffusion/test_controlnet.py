@@ -1,0 +1,187 @@
+"""ControlNet jobs on the diffusers engine with a tiny seeded model and tiny seeded ControlNets loaded from disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdserver.config import Settings
+from sdserver.engines.diffusion.engine import DiffusionEngine
+from sdserver.engines.diffusion.hints import canny_hint
+from sdserver.jobs import Job, JobKind
+from sdserver.storage import LocalObjectStore, make_object_key
+from sdserver.worker.engine import EngineOutput, JobCancelled, JobFailed
+from tests.support.tiny_controlnet import make_tiny_controlnet
+from tests.support.tiny_sd import RecordingContext, make_job, make_tiny_model, pixels, png_bytes
+
+# diffusers hands torch tensors to numpy 2 APIs in ways numpy deprecates; not ours to fix.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*"),
+    pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
+]
+
+MODEL = "tiny-sd"
+CN_A = "tiny-cn-a"
+CN_B = "tiny-cn-b"
+
+
+@dataclass
+class World:
+    engine: DiffusionEngine
+    objects: LocalObjectStore
+    picture_key: str
+    other_key: str
+    mask_key: str
+    picture: Image.Image
+
+    def run(self, job: Job, ctx: RecordingContext | None = None) -> EngineOutput:
+        context = ctx or RecordingContext()
+        [output] = self.engine.run([job], lambda _job: context)
+        return output
+
+    def controlnet(self, *, ctx: RecordingContext | None = None, **params: Any) -> EngineOutput:
+        params.setdefault("controlnet_model", [CN_A])
+        params.setdefault("controlnet_conditioning_scale", [1.0])
+        if "control_image_key" not in params:
+            params.setdefault("init_image_key", self.picture_key)
+        return self.run(make_job(MODEL, JobKind.CONTROLNET, **params), ctx)
+
+
+def _square_picture() -> Image.Image:
+    image = Image.new("RGB", (64, 64), (20, 20, 20))
+    image.paste((240, 240, 240), (16, 16, 48, 48))
+    return image
+
+
+def _stripes() -> Image.Image:
+    array = np.zeros((64, 64, 3), np.uint8)
+    array[:, ::8] = 255
+    return Image.fromarray(array, "RGB")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    data_dir = tmp_path_factory.mktemp("controlnet-data")
+    models = data_dir / "models"
+    make_tiny_model(models, MODEL)
+    make_tiny_controlnet(models, CN_A, seed=1)
+    make_tiny_controlnet(models, CN_B, seed=2)
+    objects = LocalObjectStore(data_dir / "objects", "http://test", b"secret", 3600)
+
+    def put(image: Image.Image) -> str:
+        return objects.put(make_object_key("uploads", "png", temp=False), png_bytes(image), "image/png").key
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (32, 0, 64, 64))  # right half white: repaint it
+    picture = _square_picture()
+    engine = DiffusionEngine(Settings(data_dir=data_dir), objects)
+    return World(engine, objects, put(picture), put(_stripes()), put(mask), picture)
+
+
+def _differ(first: bytes, second: bytes) -> float:
+    return float(np.abs(pixels(first) - pixels(second)).mean())
+
+
+def test_the_controlnet_steers_the_image_and_scale_zero_switches_it_off(world: World) -> None:
+    steered = world.controlnet().images[0]
+    off = world.controlnet(controlnet_conditioning_scale=[0.0]).images[0]
+    other_hint = world.controlnet(init_image_key=world.other_key).images[0]
+    assert _differ(steered, off) > 1.0
+    # The hint itself matters, not only that a ControlNet ran.
+    assert _differ(steered, other_hint) > 0.3
+    # At scale 0 the ControlNet adds nothing: the image matches other control pictures at scale 0.
+    off_other = world.controlnet(init_image_key=world.other_key, controlnet_conditioning_scale=[0.0]).images[0]
+    assert _differ(off, off_other) < 0.5
+
+
+def test_same_seed_same_bytes_and_each_sample_its_own_seed(world: World) -> None:
+    first = world.controlnet(seed=77)
+    again = world.controlnet(seed=77)
+    assert first.images == again.images
+    assert first.meta["seed"] == 77
+    batch = world.controlnet(seed=77, samples=2)
+    assert len(batch.images) == 2
+    assert _differ(batch.images[0], batch.images[1]) > 1.0
+    # Sample 0 of a batch is the one-sample image of the same seed (up to batched rounding).
+    assert _differ(batch.images[0], first.images[0]) < 2.0
+
+
+def test_progress_is_reported_and_a_cancel_stops_the_job(world: World) -> None:
+    ctx = RecordingContext()
+    world.controlnet(ctx=ctx, num_inference_steps=3)
+    assert ctx.steps[-1] == (3, 3)
+    with pytest.raises(JobCancelled):
+        world.controlnet(ctx=RecordingContext(cancel_at=1), num_inference_steps=3)
+
+
+def test_unknown_controlnet_fails_the_job_naming_it(world: World) -> None:
+    with pytest.raises(JobFailed) as failed:
+        world.controlnet(controlnet_model=["no-such-cn"])
+    assert failed.value.code == "controlnet_not_found"
+    assert "controlnet_model" in failed.value.message and "no-such-cn" in failed.value.message
+
+
+def test_two_controlnets_with_their_own_scales(world: World) -> None:
+    single = world.controlnet(seed=5).images[0]
+    multi = world.controlnet(seed=5, controlnet_model=[CN_A, CN_B], controlnet_conditioning_scale=[1.0, 0.0])
+    both = world.controlnet(seed=5, controlnet_model=[CN_A, CN_B], controlnet_conditioning_scale=[1.0, 1.0])
+    # B at scale 0 adds nothing: the same as A alone; with B on, the image changes.
+    assert _differ(multi.images[0], single) < 0.5
+    assert _differ(both.images[0], single) > 1.0
+    assert multi.meta["controlnet_model"] == f"{CN_A},{CN_B}"
+    assert multi.meta["controlnet_conditioning_scale"] == [1.0, 0.0]
+
+
+def test_img2img_mode_starts_from_the_init_image(world: World) -> None:
+    params = {"init_image_key": world.picture_key, "control_image_key": world.other_key, "seed": 3}
+    light = world.controlnet(strength=0.5, **params)
+    strong = world.controlnet(strength=1.0, **params)
+    text2img = world.controlnet(control_image_key=world.other_key, seed=3)
+    assert light.meta["controlnet_mode"] == "img2img"
+    assert text2img.meta["controlnet_mode"] == "text2img"
+    assert _differ(light.images[0], strong.images[0]) > 1.0
+    assert _differ(light.images[0], text2img.images[0]) > 1.0
+    # A strength too low for one denoising step keeps the init picture, not the control picture.
+    kept = world.controlnet(strength=0.2, **params)
+    assert np.array_equal(pixels(kept.images[0]), pixels(png_bytes(world.picture)))
+
+
+def test_inpaint_mode_keeps_the_unmasked_half(world: World) -> None:
+    output = world.controlnet(
+        mask_image_key=world.mask_key, init_image_key=world.picture_key, control_image_key=world.other_key, strength=1.0
+    )
+    assert output.meta["controlnet_mode"] == "inpaint"
+    result, init = pixels(output.images[0]), pixels(png_bytes(world.picture))
+    assert np.abs(result[:, :24] - init[:, :24]).max() <= 2
+    assert np.abs(result[:, 40:] - init[:, 40:]).mean() > 1.0
+
+
+def test_auto_hint_makes_canny_edges_and_unsupported_types_fail(world: World) -> None:
+    raw = world.controlnet(seed=9).images[0]
+    hinted = world.controlnet(seed=9, auto_hint=True, controlnet_type=["canny"])
+    assert hinted.meta["auto_hint"] == "yes" and hinted.meta["hint_preprocessors"] == ["canny", "ip2p", "tile"]
+    assert _differ(raw, hinted.images[0]) > 0.3
+    with pytest.raises(JobFailed) as failed:
+        world.controlnet(auto_hint=True, controlnet_type=["depth"])
+    assert "controlnet_type" in failed.value.message and "canny, ip2p, tile" in failed.value.message
+
+
+def test_canny_hint_draws_the_square_outline_only() -> None:
+    edges = np.asarray(canny_hint(_square_picture()).convert("L")) > 0
+    assert edges[16:48, 14:19].any() and edges[16:48, 45:50].any()  # left and right sides
+    assert not edges[22:42, 22:42].any()  # flat inside
+    assert not edges[:8].any() and not edges[:, :8].any()  # flat outside
+    assert set(np.unique(np.asarray(canny_hint(_square_picture())))) <= {0, 255}
+
+
+def test_the_engine_keeps_controlnets_loaded_and_clear_drops_them(world: World, tmp_path: Path) -> None:
+    world.controlnet()
+    assert CN_A in world.engine._controlnets.held()
+    world.engine.clear()
+    assert world.engine._controlnets.held() == frozenset()
+    assert JobKind.CONTROLNET in world.engine.kinds()
