@@ -1,8 +1,8 @@
 """`python -m bench`: every #7 benchmark (P1–P8) in one process tree; a table, results/latest.json and charts.
 
-    python -m bench                    # everything, full sizes (CPU; GPU sizes when CUDA is available)
-    python -m bench --quick            # tiny sizes, seconds: a smoke check, its numbers mean nothing
-    python -m bench --only P1,P4       # a subset
+python -m bench                    # everything, full sizes (CPU; GPU sizes when CUDA is available)
+python -m bench --quick            # tiny sizes, seconds: a smoke check, its numbers mean nothing
+python -m bench --only P1,P4       # a subset
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 # Before diffusers/huggingface_hub read it: nothing here may try the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.common import RunContext, machine  # noqa: E402
-from bench.report import table, write_charts, write_json  # noqa: E402
+from bench.common import RunContext, machine
+from bench.report import table, write_charts, write_json
 
 BENCHMARKS = {
     "P1": "bench.p1_roundtrip",

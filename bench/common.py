@@ -183,19 +183,25 @@ def link_model(source: Path, data_dir: Path, model_id: str) -> None:
 
 
 @contextlib.contextmanager
-def serve(data_dir: Path, *, workers: int, sync_wait_s: float = 0.0, env: dict[str, str] | None = None) -> Iterator[Server]:
+def serve(
+    data_dir: Path, *, workers: int, sync_wait_s: float = 0.0, env: dict[str, str] | None = None
+) -> Iterator[Server]:
     """`sdserver serve` on `data_dir` (models already there); yields once /healthz answers 200."""
     port = free_port()
     key = "sd_bench_" + secrets.token_urlsafe(24)
-    environ = os.environ | {
-        "SDSERVER_DATA_DIR": str(data_dir),
-        "SDSERVER_PORT": str(port),
-        "SDSERVER_ADMIN_KEY": key,
-        "SDSERVER_FETCH_ALLOWLIST": "127.0.0.1",
-        "SDSERVER_WORKERS": str(workers),
-        "SDSERVER_SYNC_WAIT_S": str(sync_wait_s),
-        "HF_HUB_OFFLINE": "1",
-    } | (env or {})
+    environ = (
+        os.environ
+        | {
+            "SDSERVER_DATA_DIR": str(data_dir),
+            "SDSERVER_PORT": str(port),
+            "SDSERVER_ADMIN_KEY": key,
+            "SDSERVER_FETCH_ALLOWLIST": "127.0.0.1",
+            "SDSERVER_WORKERS": str(workers),
+            "SDSERVER_SYNC_WAIT_S": str(sync_wait_s),
+            "HF_HUB_OFFLINE": "1",
+        }
+        | (env or {})
+    )
     command = [str(Path(sys.executable).with_name("sdserver")), "serve", "--log-level", "warning"]
     started = time.perf_counter()
     process = subprocess.Popen(command, env=environ)  # noqa: S603 (our own executable, fixed arguments)

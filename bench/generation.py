@@ -12,7 +12,17 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.common import SD15_MODEL, SEED, RunContext, Server, check_success, link_model, new_data_dir, serve, smooth_png
+from bench.common import (
+    SD15_MODEL,
+    SEED,
+    RunContext,
+    Server,
+    check_success,
+    link_model,
+    new_data_dir,
+    serve,
+    smooth_png,
+)
 from bench.models import model_folder
 
 PROMPT = "a photo of a red house by a tree"

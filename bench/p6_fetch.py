@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from typing import Any
 
 import httpx
+import numpy as np
 
 from bench.common import SEED, RunContext, Server, link_model, median, new_data_dir, quantile, result, serve
 from bench.models import tiny_folders
@@ -19,7 +19,9 @@ LIMIT_MS = 25.0
 MODEL = "p6-tiny"
 
 
-async def keep_busy(client: httpx.AsyncClient, server: Server, ids: list[str], stop: asyncio.Event) -> int:
+async def keep_busy(
+    client: httpx.AsyncClient, server: Server, ids: list[str], first: asyncio.Event, stop: asyncio.Event
+) -> int:
     """Keep two generation jobs queued or running until `stop`; `ids[-1]` is always one in flight."""
     body = {"key": server.key, "model_id": MODEL, "prompt": "a red house", "width": 256, "height": 256}
     body |= {"num_inference_steps": 30, "samples": 1, "seed": SEED}
@@ -32,6 +34,7 @@ async def keep_busy(client: httpx.AsyncClient, server: Server, ids: list[str], s
                 raise RuntimeError(f"text2img: {reply}")
             pending.append(str(reply["id"]))
             ids.append(str(reply["id"]))
+            first.set()
             submitted += 1
         fetch = f"{server.url}/api/v1/enterprise/fetch/{pending[0]}"
         state = (await client.post(fetch, json={"key": server.key})).json().get("status")
@@ -41,16 +44,17 @@ async def keep_busy(client: httpx.AsyncClient, server: Server, ids: list[str], s
     return submitted
 
 
-async def poll(server: Server, ids: list[str], until: float, latencies: list[float], offset: float) -> None:
-    async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
-        await asyncio.sleep(offset)
-        while time.monotonic() < until:
-            started = time.perf_counter()
-            reply = await client.post(f"{server.url}/api/v1/enterprise/fetch/{ids[-1]}", json={"key": server.key})
-            latencies.append(time.perf_counter() - started)
-            if reply.status_code != 200:
-                raise RuntimeError(f"fetch answered {reply.status_code}")
-            await asyncio.sleep(max(0.0, POLL_INTERVAL_S - (time.perf_counter() - started)))
+async def poll(
+    client: httpx.AsyncClient, server: Server, ids: list[str], until: float, latencies: list[float], offset: float
+) -> None:
+    await asyncio.sleep(offset)
+    while time.monotonic() < until:
+        started = time.perf_counter()
+        reply = await client.post(f"{server.url}/api/v1/enterprise/fetch/{ids[-1]}", json={"key": server.key})
+        latencies.append(time.perf_counter() - started)
+        if reply.status_code != 200:
+            raise RuntimeError(f"fetch answered {reply.status_code}")
+        await asyncio.sleep(max(0.0, POLL_INTERVAL_S - (time.perf_counter() - started)))
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -62,16 +66,16 @@ def run(ctx: RunContext) -> dict[str, Any]:
     async def scenario(server: Server) -> int:
         ids: list[str] = []
         stop = asyncio.Event()
-        async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
-            busy = asyncio.create_task(keep_busy(client, server, ids, stop))
-            while not ids:
-                await asyncio.sleep(0.05)
+        # One client, a connection per poller, made before any timing (a client costs ~0.3 s to create).
+        limits = httpx.Limits(max_connections=POLLERS + 4)
+        async with httpx.AsyncClient(trust_env=False, timeout=60, limits=limits) as client:
+            first = asyncio.Event()
+            busy = asyncio.create_task(keep_busy(client, server, ids, first, stop))
+            await first.wait()
             await asyncio.sleep(1.0)  # the worker has picked up the first job
-            jitter = random.Random(SEED)
+            offsets = np.random.default_rng(SEED).uniform(0, POLL_INTERVAL_S, POLLERS)
             until = time.monotonic() + duration
-            await asyncio.gather(
-                *(poll(server, ids, until, latencies, jitter.uniform(0, POLL_INTERVAL_S)) for _ in range(POLLERS))
-            )
+            await asyncio.gather(*(poll(client, server, ids, until, latencies, offset) for offset in offsets))
             stop.set()
             return await busy
 

@@ -1,14 +1,20 @@
 """P7: model loads per 100 mixed jobs over 2 models and 2 workers, claim affinity on vs off (oldest job first).
 
-The jobs go in through the HTTP API; the two workers are the real worker loop and diffusion engine, run as threads
-in this process so that loads can be counted and affinity turned off without a setting: the affinity-off run
-hands the store's `claim` no held models, which is exactly the plain oldest-first claim.
+The jobs go in through the HTTP API; the two workers are separate processes running the real worker loop and
+diffusion engine (`python -m bench.p7_affinity --worker ...`), wrapped so that loads are counted and, for the
+baseline, affinity is off without a setting: that run hands the store's `claim` no held models, which is exactly
+the plain oldest-first claim.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import random
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from bench.common import SEED, RunContext, Server, check_success, link_model, new_data_dir, result, serve
 from bench.models import tiny_folders
@@ -70,8 +77,8 @@ async def enqueue(server: Server, models: list[str]) -> list[int]:
     return ids
 
 
-def drain(data_dir: Path, ids: list[int], affinity: bool) -> dict[str, Any]:
-    """Run two in-process workers until every job in `ids` has ended; loads and wall time."""
+def worker_main(data_dir: Path, worker_id: str, affinity: bool, report: Path) -> None:
+    """One worker process: the real loop and diffusion engine until SIGTERM; then its load count to `report`."""
     from sdserver.config import Settings
     from sdserver.database import create_db_engine
     from sdserver.engines.diffusion.engine import DiffusionEngine
@@ -83,37 +90,60 @@ def drain(data_dir: Path, ids: list[int], affinity: bool) -> dict[str, Any]:
     db = create_db_engine(settings.sql_url)
     store = JobStore(db)
     objects = build_object_store(settings, db)
-    engines = [CountingEngine(DiffusionEngine(settings, objects)) for _ in range(WORKERS)]
+    engine = CountingEngine(DiffusionEngine(settings, objects))
     stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     claims: Any = store if affinity else NoAffinityStore(store)
-    workers = [
-        Worker(settings, claims, objects, [engine], f"bench-p7-{index}", idle_wait_s=0.2)
-        for index, engine in enumerate(engines)
-    ]
-    threads = [threading.Thread(target=worker.run, args=(stop,), daemon=True) for worker in workers]
+    Worker(settings, claims, objects, [engine], worker_id, idle_wait_s=0.2).run(stop)
+    report.write_text(json.dumps({"loads": engine.loads, "jobs": engine.jobs}))
+
+
+def drain(data_dir: Path, ids: list[int], affinity: bool) -> dict[str, Any]:
+    """Run two worker processes until every job in `ids` has ended; their loads and the wall time."""
+    from sdserver.database import create_db_engine
+    from sdserver.store import JobStore
+
+    reports = [data_dir / f"p7-worker-{index}.json" for index in range(WORKERS)]
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
+    processes = [
+        subprocess.Popen(  # noqa: S603 (this module, fixed arguments)
+            [
+                *(sys.executable, "-m", "bench.p7_affinity", "--worker", str(data_dir), f"bench-p7-{index}"),
+                *("--affinity" if affinity else "--no-affinity", "--report", str(report)),
+            ],
+            env=env,
+        )
+        for index, report in enumerate(reports)
+    ]
+    db = create_db_engine(f"sqlite:///{(data_dir / 'sdserver.db').resolve()}")
+    store = JobStore(db)
     try:
         deadline = time.monotonic() + JOB_TIMEOUT_S
-        while time.monotonic() < deadline:
-            states = [store.get(job_id, owner_key_id=None).status for job_id in ids]
-            if all(state.is_terminal for state in states):
-                break
+        while not all(store.get(job_id, owner_key_id=None).status.is_terminal for job_id in ids):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"P7 jobs still running after {JOB_TIMEOUT_S:.0f} s")
+            if any(process.poll() is not None for process in processes):
+                raise RuntimeError("a P7 worker exited early")
             time.sleep(0.25)
-        else:
-            raise RuntimeError(f"P7 jobs still running after {JOB_TIMEOUT_S:.0f} s")
         wall = time.perf_counter() - started
+        failed = sum(1 for job_id in ids if store.get(job_id, owner_key_id=None).status.value != "succeeded")
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-    failed = sum(1 for job_id in ids if store.get(job_id, owner_key_id=None).status.value != "succeeded")
-    store.close()
-    db.dispose()
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        store.close()
+        db.dispose()
+    counts = [json.loads(report.read_text()) for report in reports]
+    for report in reports:
+        report.unlink()
     return {
-        "loads": sum(engine.loads for engine in engines),
-        "jobs_per_worker": [engine.jobs for engine in engines],
+        "loads": sum(count["loads"] for count in counts),
+        "jobs_per_worker": [count["jobs"] for count in counts],
         "wall_s": wall,
         "failed": failed,
     }
@@ -124,8 +154,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     data_dir = new_data_dir(ctx, "p7")
     for folder, model in zip(tiny_folders(ctx, len(MODELS)), MODELS, strict=True):
         link_model(folder, data_dir, model)
-    picks = random.Random(SEED)
-    mix = [picks.choice(MODELS) for _ in range(count)]
+    picks = np.random.default_rng(SEED).integers(0, len(MODELS), count)
+    mix = [MODELS[pick] for pick in picks]
     outcome: dict[str, dict[str, Any]] = {}
     with serve(data_dir, workers=0) as server:
         for label, affinity in (("affinity", True), ("round_robin", False)):
@@ -150,3 +180,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
         jobs=count,
         mix={model: mix.count(model) for model in MODELS},
     )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="one P7 worker process (started by the benchmark)")
+    parser.add_argument("--worker", nargs=2, metavar=("DATA_DIR", "WORKER_ID"), required=True)
+    parser.add_argument("--affinity", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--report", type=Path, required=True)
+    arguments = parser.parse_args()
+    worker_main(Path(arguments.worker[0]), arguments.worker[1], arguments.affinity, arguments.report)

@@ -131,3 +131,27 @@ def test_serve_installs_the_admin_key_from_the_environment(
     served.process.terminate()
     out, _ = served.process.communicate(timeout=10)
     assert "operator-admin-key" not in out
+
+
+def test_models_make_tiny_writes_a_loadable_model_and_registers_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In-process: the subcommand imports torch, which other tests in the session have usually loaded already.
+    from sdserver.cli import main
+    from sdserver.config import Settings
+    from sdserver.database import create_db_engine
+    from sdserver.engines.diffusion.models import ModelFormat, find_model
+    from sdserver.model_registry import ModelKind, ModelRegistry, ModelState
+
+    for name in [name for name in os.environ if name.startswith("SDSERVER_")]:
+        monkeypatch.delenv(name)
+    assert main(["models", "make-tiny", "tiny-demo", "--data-dir", str(tmp_path)]) == 0
+    assert "noise" in capsys.readouterr().out
+    source = find_model(tmp_path / "models", "tiny-demo")
+    assert source is not None and source.format is ModelFormat.DIFFUSERS
+    engine = create_db_engine(Settings(data_dir=tmp_path).sql_url)
+    record = ModelRegistry(engine).get(ModelKind.CHECKPOINT, "tiny-demo")
+    engine.dispose()
+    assert record is not None and record.state is ModelState.READY and record.format == "diffusers"
+    assert main(["models", "make-tiny", "../escape", "--data-dir", str(tmp_path)]) == 2
+    assert "not a valid model id" in capsys.readouterr().err

@@ -21,7 +21,9 @@ NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path / 'models.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    url = (
+        f"sqlite:///{tmp_path / 'models.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    )
     engine = create_db_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.delete(models))
@@ -106,8 +108,15 @@ def test_a_loading_row_whose_job_died_reads_as_failed_with_the_jobs_reason(engin
     registry = ModelRegistry(engine)
     jobs = JobStore(engine)
     try:
-        spec = JobSpec(owner_key_id=1, kind=JobKind.MODEL_LOAD, model_id="orphan", params={}, output_keys=(),
-                       future_links=(), max_attempts=1)  # fmt: skip
+        spec = JobSpec(
+            owner_key_id=1,
+            kind=JobKind.MODEL_LOAD,
+            model_id="orphan",
+            params={},
+            output_keys=(),
+            future_links=(),
+            max_attempts=1,
+        )
         job = jobs.submit(spec)
         registry.begin_load(ModelKind.CHECKPOINT, "orphan", source="x")
         registry.attach_job(ModelKind.CHECKPOINT, "orphan", job.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -147,10 +148,8 @@ class ModelRegistry:
             return _record(row)
 
     def get(self, kind: ModelKind, model_id: str) -> ModelRecord | None:
-        with self._engine.begin() as conn:
-            _reconcile(conn)
-            row = conn.execute(sa.select(models).where(*_key(kind, model_id))).first()
-        return None if row is None else _record(row)
+        rows = self._read(sa.select(models).where(*_key(kind, model_id)))
+        return rows[0] if rows else None
 
     def list(self, *, kind: ModelKind | None = None, state: ModelState | None = None) -> list[ModelRecord]:
         query = sa.select(models).order_by(models.c.model_id, models.c.kind)
@@ -158,10 +157,17 @@ class ModelRegistry:
             query = query.where(models.c.kind == kind.value)
         if state is not None:
             query = query.where(models.c.state == state.value)
+        return self._read(query)
+
+    def _read(self, query: sa.Select[Any]) -> builtins.list[ModelRecord]:
+        """Rows as they are; only while a load is in flight does a read first reconcile (a write)."""
+        with self._engine.connect() as conn:
+            records = [_record(row) for row in conn.execute(query).all()]
+        if not any(record.state is ModelState.LOADING and record.job_id is not None for record in records):
+            return records
         with self._engine.begin() as conn:
             _reconcile(conn)
-            rows = conn.execute(query).all()
-        return [_record(row) for row in rows]
+            return [_record(row) for row in conn.execute(query).all()]
 
     def _update(self, kind: ModelKind, model_id: str, **values: Any) -> bool:
         with self._engine.begin() as conn:

@@ -58,14 +58,13 @@ class SwitchingObjectStore:
                 seen.append(store)
                 yield store
 
-    def store_for_link(self, key: str, link: str | None) -> ObjectStore:
-        """Where an object promised at `link` must be written: the store that link points into, else the active
-        one. A job queued before a switch thus writes where its `future_links` already point."""
-        if link:
-            for store in self._stores():
-                if store.key_from_url(link) == key:
-                    return store
-        return self._active
+    def find_store_for_link(self, key: str, link: str) -> ObjectStore | None:
+        """The store whose link for `key` is `link`, if this process knows it. Outputs are written there, so a job
+        queued before a switch writes where its `future_links` already point."""
+        for store in self._stores():
+            if store.key_from_url(link) == key:
+                return store
+        return None
 
     # --- ObjectStore
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from fastapi.routing import APIRoute
 
 from sdserver.api.app import ROUTERS
-from sdserver.auth import Role
+from sdserver.auth import Role, hash_key
+from sdserver.database import api_keys
 from sdserver.jobs import JobStatus
 from tests.support.live_server import LiveServer
 
@@ -44,7 +46,7 @@ def _routes() -> list[tuple[str, str]]:
         for route in router.routes:
             assert isinstance(route, APIRoute)
             if not route.path.startswith(PUBLIC_PREFIXES):
-                pairs.extend((method, route.path) for method in sorted(route.methods - {"HEAD"}))
+                pairs.extend((method, route.path) for method in sorted((route.methods or set()) - {"HEAD"}))
     return pairs
 
 
@@ -116,11 +118,6 @@ def test_another_key_cannot_fetch_or_cancel_a_job_under_any_alias(local_server: 
 
 
 def test_keys_are_stored_hashed_in_the_database_row(local_server: LiveServer) -> None:
-    import sqlalchemy as sa
-
-    from sdserver.auth import hash_key
-    from sdserver.database import api_keys
-
     key, secret = local_server.services.keys.create("row check", Role.USER)
     with local_server.services.engine.connect() as conn:
         row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key.id)).mappings().one()

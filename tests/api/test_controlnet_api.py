@@ -73,6 +73,8 @@ def controlnet(
         "height": 64,
         "num_inference_steps": 2,
         "seed": 42,
+        # The screen has its own tests; these compare pixels of noise a classifier might flag.
+        "safety_checker": "no",
         **fields,
     }
     return post(http, live, path, body)
@@ -149,6 +151,14 @@ def test_instant_response_answers_processing_then_fetch_succeeds(
         assert fetched["status"] == "processing" and time.monotonic() < deadline, fetched
         time.sleep(0.1)
     assert fetched["output"] == reply["future_links"]
+
+
+def test_default_safety_screen_and_addon_checks_apply(live: LiveServer, key: str, http: httpx.Client) -> None:
+    reply = controlnet(http, live, key, safety_checker=None, samples=2)
+    assert reply["status"] == "success", reply
+    assert reply["meta"]["safetychecker"] == "yes" and len(reply["meta"]["nsfw_scores"]) == 2
+    missing = controlnet(http, live, key, lora_model="no-such-lora")
+    assert missing["status"] == "error" and missing["errors"]["lora_model"], missing
 
 
 def test_a_job_the_model_cannot_run_fails(live: LiveServer, key: str, http: httpx.Client) -> None:

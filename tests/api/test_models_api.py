@@ -38,7 +38,7 @@ def models_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Li
     marker = request.node.get_closest_marker("settings")
     overrides = {**SETTINGS, **(marker.kwargs if marker else {})}
     with_worker = overrides.pop("with_worker", True)
-    with run_server(make_settings(tmp_path / "data", **overrides)) as live:
+    with run_server(make_settings(tmp_path, **overrides)) as live:
         stop = threading.Event()
         thread = None
         if with_worker:
@@ -120,8 +120,16 @@ def test_a_checkpoint_load_makes_the_model_id_usable_for_generation(
     models_server: LiveServer, admin: str, host: HttpHost, http: httpx.Client
 ) -> None:
     assert not models_server.services.models.exists("base")
-    reply = call(http, models_server, "load_model_v2", admin, url=host.url("/ink.safetensors"), model_id="base",
-                 model_category="stable_diffusion", model_format="safetensors")  # fmt: skip
+    reply = call(
+        http,
+        models_server,
+        "load_model_v2",
+        admin,
+        url=host.url("/ink.safetensors"),
+        model_id="base",
+        model_category="stable_diffusion",
+        model_format="safetensors",
+    )
     assert reply["status"] == "success", reply
     wait_for_state(http, models_server, admin, "base", "ready")
     assert models_server.services.models.exists("base")
@@ -180,6 +188,7 @@ def test_a_local_path_inside_an_import_dir_loads(tmp_path: Path, http: httpx.Cli
     imports = tmp_path / "imports"
     imports.mkdir()
     (imports / "emb.safetensors").write_bytes(WEIGHTS)
+    (tmp_path / "data").mkdir()
     settings = make_settings(tmp_path / "data", **{**SETTINGS, "model_import_dirs": [imports]})
     with run_server(settings) as live:
         key = live.new_key(Role.ADMIN)
@@ -195,10 +204,24 @@ def test_a_local_path_inside_an_import_dir_loads(tmp_path: Path, http: httpx.Cli
 def test_deleting_a_model_that_is_loading_cancels_its_job(
     models_server: LiveServer, admin: str, http: httpx.Client
 ) -> None:
-    reply = call(http, models_server, "load_model", admin, url="https://example.com/a.safetensors", model_id="a",
-                 model_type="custom_ckpt")  # fmt: skip
-    again = call(http, models_server, "load_model", admin, url="https://example.com/b.safetensors", model_id="a",
-                 model_type="custom_ckpt")  # fmt: skip
+    reply = call(
+        http,
+        models_server,
+        "load_model",
+        admin,
+        url="https://example.com/a.safetensors",
+        model_id="a",
+        model_type="custom_ckpt",
+    )
+    again = call(
+        http,
+        models_server,
+        "load_model",
+        admin,
+        url="https://example.com/b.safetensors",
+        model_id="a",
+        model_type="custom_ckpt",
+    )
     assert again["status"] == "error" and "already loading" in again["message"]
     deleted = call(http, models_server, "delete_model", admin, model_id="a")
     assert deleted["status"] == "success" and deleted["deleted"] == ["checkpoint"], deleted
@@ -213,8 +236,12 @@ def test_delete_removes_files_and_row_and_verify_then_says_not_found(
     call(http, models_server, "load_model", admin, url=host.url("/ink.safetensors"), model_id="ink", model_type="lora")
     wait_for_state(http, models_server, admin, "ink", "ready")
     reply = call(http, models_server, "delete_model", admin, model_id="ink")
-    assert reply == {"status": "success", "message": "Model deleted successfully", "model_id": "ink",
-                     "deleted": ["lora"]}  # fmt: skip
+    assert reply == {
+        "status": "success",
+        "message": "Model deleted successfully",
+        "model_id": "ink",
+        "deleted": ["lora"],
+    }
     assert not (models_server.services.settings.data_dir / "models" / "lora" / "ink.safetensors").exists()
     assert models_server.services.registry.get(ModelKind.LORA, "ink") is None
     gone = call(http, models_server, "verify_model", admin, model_id="ink")
@@ -226,8 +253,7 @@ def test_delete_removes_files_and_row_and_verify_then_says_not_found(
 def test_a_failed_download_shows_as_failed_with_the_reason(
     models_server: LiveServer, admin: str, host: HttpHost, http: httpx.Client
 ) -> None:
-    reply = call(http, models_server, "load_model", admin, url=host.url("/missing"), model_id="nope",
-                 model_type="lora")  # fmt: skip
+    reply = call(http, models_server, "load_model", admin, url=host.url("/missing"), model_id="nope", model_type="lora")
     assert reply["status"] == "success"
     entry = wait_for_state(http, models_server, admin, "nope", "failed")
     assert "HTTP 404" in entry["message"]
@@ -258,3 +284,24 @@ def test_the_other_families_serve_the_same_endpoints(
     reply = http.post(models_server.url(f"{prefix}/verify_model"), json={"key": user, "model_id": "nothing"}).json()
     assert reply["message"] == "Model id not found"
     assert http.post(models_server.url(f"{prefix}/get_all_models"), json={"key": user}).json()["status"] == "success"
+
+
+@pytest.mark.settings(with_worker=False)
+@pytest.mark.parametrize(
+    "url", ["runwayml/stable-diffusion-v1-5", "https://huggingface.co/runwayml/stable-diffusion-v1-5"]
+)
+def test_a_huggingface_load_queues_a_hub_snapshot(
+    models_server: LiveServer, admin: str, http: httpx.Client, url: str
+) -> None:
+    reply = call(
+        http, models_server, "load_model", admin, url=url, model_id="sd15", model_type="huggingface", revision="main"
+    )
+    assert reply["status"] == "success", reply
+    job = models_server.services.jobs.get(reply["id"], owner_key_id=None)
+    assert (job.params["source_type"], job.params["source"], job.params["revision"]) == (
+        "hub",
+        "runwayml/stable-diffusion-v1-5",
+        "main",
+    )
+    record = models_server.services.registry.get(ModelKind.CHECKPOINT, "sd15")
+    assert record is not None and record.source == "runwayml/stable-diffusion-v1-5"

@@ -45,13 +45,13 @@ def new_bucket(s3: S3Server) -> str:
     return bucket
 
 
-def s3_body(s3: S3Server, bucket: str, **overrides: str) -> dict[str, str]:
+def s3_body(s3: S3Server, target: str, **overrides: str) -> dict[str, str]:
     return {
         "endpoint_url": s3.endpoint_url,
         "region_name": s3.region,
         "aws_access_key_id": s3.access_key,
         "aws_secret_access_key": s3.secret_key,
-        "image_directory": f"{bucket}/sd-images",
+        "image_directory": f"{target}/sd-images",
         **overrides,
     }
 

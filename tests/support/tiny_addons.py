@@ -42,7 +42,11 @@ def make_tiny_vae(models_dir: Path, vae_id: str, seed: int = 5, *, single_file: 
         pipe.vae.save_pretrained(folder / vae_id, safe_serialization=True)
         return folder / vae_id
     prefix = "first_stage_model."
-    state = {key.removeprefix(prefix): value for key, value in original_layout_state_dict(pipe).items() if key.startswith(prefix)}
+    state = {
+        key.removeprefix(prefix): value
+        for key, value in original_layout_state_dict(pipe).items()
+        if key.startswith(prefix)
+    }
     folder.mkdir(parents=True, exist_ok=True)
     save_file({key: value.contiguous() for key, value in state.items()}, folder / f"{vae_id}.safetensors")
     return folder / f"{vae_id}.safetensors"

@@ -9,12 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from sdserver.jobs import JobStatus
-from sdserver.store_control import Command, CommandWatcher, ControlStore
+from sdserver.jobs import JobKind, JobSpec, JobStatus
+from sdserver.storage import make_object_key
+from sdserver.storage_switch import follow_storage
+from sdserver.store_control import Command, CommandWatcher, ControlStore, S3Config
 from sdserver.worker.control import WorkerControl
 from sdserver.worker.loop import EXIT_RESTART, Worker
+from sdserver.worker.main import build_object_store, signing_secret_for
 from sdserver.worker.supervisor import WorkerSupervisor
 from sdserver.worker.test_engine import TestEngine
+from tests.support.s3_server import S3Server
 from tests.worker.test_loop import Harness, close_harness, make_settings, open_harness
 from tests.worker.test_supervisor import wait_until
 
@@ -123,3 +127,62 @@ def test_supervised_workers_restart_as_fresh_processes_without_losing_a_job(harn
         assert after.worker_id != done.worker_id  # run by the fresh process
     finally:
         supervisor.stop(timeout=10)
+
+
+def test_a_job_linked_into_a_store_the_worker_does_not_know_yet_makes_it_catch_up(
+    harness: Harness, s3_server: S3Server
+) -> None:
+    """update_s3 persisted a bucket and the API already hands out its links; this worker has not polled yet."""
+    from sdserver.storage_s3 import S3ObjectStore
+
+    control = ControlStore(harness.db)
+    objects = build_object_store(harness.settings, harness.db)
+    engine = TestEngine()
+    secret = signing_secret_for(harness.settings, harness.db)
+    watcher = CommandWatcher(control, poll_s=3600.0)  # never polls on its own during this test
+    worker = Worker(
+        harness.settings,
+        harness.store,
+        objects,
+        [engine],
+        "catch-up-worker",
+        idle_wait_s=0.05,
+        control=WorkerControl(
+            watcher,
+            [engine],
+            reload_storage=lambda: follow_storage(objects, harness.settings, control, signing_secret=secret),
+        ),
+    )
+    bucket = f"catch-up-{uuid.uuid4().hex[:8]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    config = S3Config(
+        bucket, "out", s3_server.endpoint_url, s3_server.region, None, s3_server.access_key, s3_server.secret_key
+    )
+    control.save_storage(config)
+    control.issue(Command.STORAGE)
+    api_store = S3ObjectStore.from_settings(config.apply_to(harness.settings))
+    key = make_object_key("outputs", "png", temp=False)
+    spec = JobSpec(
+        owner_key_id=1,
+        kind=JobKind.TEXT2IMG,
+        model_id="test-ok",
+        params={"prompt": "x", "num_inference_steps": 2},
+        output_keys=(key,),
+        future_links=(api_store.url_for(key),),
+        width=64,
+        height=64,
+        steps=2,
+        max_attempts=1,
+    )
+    job = harness.store.submit(spec)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert harness.wait_terminal(job.id).status is JobStatus.SUCCEEDED
+    finally:
+        stop.set()
+        thread.join(15)
+    assert api_store.exists(key)
+    assert not harness.objects.exists(key)  # not in the local folder
+    assert objects.config == config

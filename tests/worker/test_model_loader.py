@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +22,8 @@ from sdserver.jobs import Job, JobKind, JobStatus
 from sdserver.model_files import SOURCE_HUB, SOURCE_LOCAL, SOURCE_URL, part_path, stale_parts
 from sdserver.model_registry import ModelKind, ModelRegistry, ModelState
 from sdserver.worker.engine import JobCancelled, JobFailed
-from sdserver.worker.model_loader import ModelLoaderEngine
-from tests.support.http_host import HttpHost, RecordedRequest, Reply, Stream
+from sdserver.worker.model_loader import ModelLoaderEngine, kib
+from tests.support.http_host import HttpHost, RecordedRequest, Reply, Slow, Stream
 
 MIB = 1024 * 1024
 
@@ -57,7 +57,7 @@ def ranged(body: bytes) -> Any:
 
 @dataclass
 class Steps:
-    """A step context recording (done, total); raises JobCancelled once `cancel_after` bytes are done."""
+    """A step context recording (done, total) in KiB; raises JobCancelled once `cancel_after` KiB are done."""
 
     cancel_after: int | None = None
     seen: list[tuple[int, int]] = field(default_factory=list)
@@ -138,7 +138,7 @@ def test_a_url_download_lands_in_the_kinds_folder_and_the_row_turns_ready(loader
     target = loader.models_dir / "lora" / "ink.safetensors"
     assert target.read_bytes() == body
     assert meta == {"model_id": "ink", "model_type": "lora", "format": "safetensors"}
-    assert steps.seen[-1] == (len(body), len(body))
+    assert steps.seen[-1] == (kib(len(body)), kib(len(body)))
     record = loader.registry.get(ModelKind.LORA, "ink")
     assert record is not None and record.state is ModelState.READY
     assert (record.bytes_done, record.bytes_total, record.format) == (len(body), len(body), "safetensors")
@@ -165,7 +165,7 @@ def test_a_cut_download_resumes_with_range_on_the_next_attempt(loader: Loader, h
     loader.run(job, steps)
     assert host.requests_to("/big.safetensors")[-1].headers["range"] == f"bytes={kept}-"
     assert (loader.models_dir / "checkpoints" / "big.safetensors").read_bytes() == body
-    assert steps.seen[0] == (kept, len(body))
+    assert steps.seen[0] == (kib(kept), kib(len(body)))
     assert not part.exists()
 
 
@@ -234,7 +234,7 @@ def test_a_cancel_mid_download_stops_and_keeps_the_part_for_later(loader: Loader
     url = host.url("/slow.safetensors")
     host.routes["/slow.safetensors"] = Reply(body)
     with pytest.raises(JobCancelled):
-        loader.run(load_job("slow", ModelKind.CHECKPOINT, SOURCE_URL, url), Steps(cancel_after=MIB))
+        loader.run(load_job("slow", ModelKind.CHECKPOINT, SOURCE_URL, url), Steps(cancel_after=1024))
     assert part_path(loader.models_dir, ModelKind.CHECKPOINT, "slow", url).stat().st_size >= MIB
     assert not (loader.models_dir / "checkpoints" / "slow.safetensors").exists()
 
@@ -295,3 +295,60 @@ def test_a_model_deleted_while_it_finished_loading_leaves_no_files(loader: Loade
         loader.run(load_job("late", ModelKind.LORA, SOURCE_URL, host.url("/l.safetensors")), DeleteAtTheEnd())
     assert failed.value.code == "model_deleted"
     assert not (loader.models_dir / "lora" / "late.safetensors").exists()
+
+
+def test_the_default_engines_include_the_model_loader_which_needs_no_object_store(tmp_path: Path) -> None:
+    from sdserver.worker.engine import build_engines
+
+    assert "models" in Settings().engines
+    [engine] = build_engines(Settings(data_dir=tmp_path, engines=["models"]))
+    assert isinstance(engine, ModelLoaderEngine)
+    assert set(engine.kinds()) == {JobKind.MODEL_LOAD} and engine.models() is None
+
+
+def test_a_worker_stopped_mid_download_releases_the_job_and_the_next_worker_resumes(
+    loader: Loader, host: HttpHost
+) -> None:
+    import threading
+    import time
+
+    from sdserver.jobs import JobSpec
+    from sdserver.storage import LocalObjectStore
+    from sdserver.store import JobStore
+    from sdserver.worker.loop import Worker
+
+    body = weights(1_048_576)  # 4 MiB, sent slowly in 256 KiB pieces
+    url = host.url("/slow.safetensors")
+    chunks = tuple(body[i : i + 262_144] for i in range(0, len(body), 262_144))
+    host.routes["/slow.safetensors"] = Slow(chunks, delay_s=0.05)
+    settings = loader.settings.model_copy(update={"job_lease_s": 3.0})
+    jobs = JobStore(create_db_engine(settings.sql_url))
+    objects = LocalObjectStore(settings.objects_dir, "http://127.0.0.1:1", b"s" * 32, 3600)
+    params = {"model_kind": "checkpoint", "source_type": SOURCE_URL, "source": url}
+    spec = JobSpec(1, JobKind.MODEL_LOAD, "resumed", params, output_keys=(), future_links=())
+    job = jobs.submit(spec)
+    loader.registry.begin_load(ModelKind.CHECKPOINT, "resumed", source=url)
+
+    def work(worker_id: str, until: Callable[[], bool]) -> None:
+        stop = threading.Event()
+        worker = Worker(settings, jobs, objects, [loader.engine], worker_id, grace_s=0.0, idle_wait_s=0.05)
+        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not until() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stop.set()
+        thread.join(timeout=10)
+
+    # First worker: stopped (no grace) once some bytes are in; the job goes back to the queue.
+    work("w1", lambda: jobs.get(job.id, owner_key_id=None).progress_step > 0)
+    assert jobs.get(job.id, owner_key_id=None).status is JobStatus.QUEUED
+    kept = part_path(loader.models_dir, ModelKind.CHECKPOINT, "resumed", url).stat().st_size
+    assert 0 < kept < len(body)
+    # Second worker: continues where the first stopped.
+    host.routes["/slow.safetensors"] = ranged(body)
+    work("w2", lambda: jobs.get(job.id, owner_key_id=None).status.is_terminal)
+    assert jobs.get(job.id, owner_key_id=None).status is JobStatus.SUCCEEDED
+    assert host.requests_to("/slow.safetensors")[-1].headers["range"] == f"bytes={kept}-"
+    assert (loader.models_dir / "checkpoints" / "resumed.safetensors").read_bytes() == body
+    jobs.close()

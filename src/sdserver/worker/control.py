@@ -47,6 +47,11 @@ class WorkerControl:
             return True
         return False
 
+    def sync_storage(self) -> None:
+        """Catch up with a storage switch now, without waiting for the next poll."""
+        if self._reload_storage is not None:
+            self._switch_storage(self._reload_storage)
+
     def _switch_storage(self, reload: Callable[[], bool]) -> None:
         try:
             if reload():

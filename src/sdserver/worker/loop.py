@@ -258,10 +258,15 @@ class Worker:
         )
 
     def _output_store(self, key: str, link: Sequence[str]) -> ObjectStore:
-        # After an update_s3 switch, a job queued before it still writes where its promised link points.
-        if isinstance(self._objects, SwitchingObjectStore):
-            return self._objects.store_for_link(key, link[0] if link else None)
-        return self._objects
+        """The store the job's promised link points into (update_s3 may have switched stores meanwhile)."""
+        if not isinstance(self._objects, SwitchingObjectStore) or not link:
+            return self._objects
+        found = self._objects.find_store_for_link(key, link[0])
+        if found is None and self._control is not None:
+            # The link points into a store this worker does not know yet: the API switched after our last look.
+            self._control.sync_storage()
+            found = self._objects.find_store_for_link(key, link[0])
+        return found or self._objects.active
 
     def _settle_stopped(self, runs: Sequence[_Run]) -> None:
         """The engine stopped early: cancelled jobs are marked so, the rest go back to the queue on a stop."""

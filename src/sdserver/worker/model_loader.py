@@ -42,7 +42,8 @@ _HUB_IGNORE: Final = ["*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*
 
 
 class _Reporter:
-    """Progress in bytes: to the job (which also checks for a cancel) and, throttled, to the registry row."""
+    """Progress to the registry row in bytes (throttled), and to the job in KiB, which also checks for a cancel:
+    the job's step counters are 32-bit integers, too small for the bytes of a multi-GiB file."""
 
     def __init__(self, registry: ModelRegistry, kind: ModelKind, model_id: str, ctx: StepContext):
         self._registry, self._kind, self._model_id, self._ctx = registry, kind, model_id, ctx
@@ -53,7 +54,7 @@ class _Reporter:
         if now - self._mirrored >= _MIRROR_INTERVAL_S or (total and done >= total):
             self._mirrored = now
             self._registry.progress(self._kind, self._model_id, done=done, total=total)
-        self._ctx.step(done, total)
+        self._ctx.step(kib(done), kib(total))
 
 
 class ModelLoaderEngine:
@@ -175,6 +176,11 @@ class ModelLoaderEngine:
             raise ModelFileError(f"{repo_id!r} is {size} bytes, over the limit of {self._policy.max_bytes} bytes")
         report(size, size)
         return staged
+
+
+def kib(size: int) -> int:
+    """Bytes as whole KiB, rounded up, so a finished file of any size reports done == total."""
+    return -(-size // 1024)
 
 
 def _copy_with_progress(source: Path, target: Path, size: int, report: Callable[[int, int], None]) -> None:

@@ -101,9 +101,7 @@ def test_single_file_vae_matches_the_same_weights_as_a_folder(world: World) -> N
 
 @pytest.mark.parametrize("embedding", ["mystyle", "wide"], ids=["one-vector", "three-vectors"])
 @pytest.mark.parametrize("clip_skip", [None, 2], ids=["no-skip", "clip-skip-2"])
-def test_embedding_token_changes_output_and_is_unloaded(
-    world: World, embedding: str, clip_skip: int | None
-) -> None:
+def test_embedding_token_changes_output_and_is_unloaded(world: World, embedding: str, clip_skip: int | None) -> None:
     prompt = f"a photo of {embedding} cat"
     tokenizer = world.engine._model(MODEL).pipelines[JobKind.TEXT2IMG].tokenizer
     size = len(tokenizer)
@@ -114,9 +112,7 @@ def test_embedding_token_changes_output_and_is_unloaded(
     assert world.image(prompt=prompt, clip_skip=clip_skip) == plain
 
 
-def test_tomesd_merges_tokens_deterministically_and_unpatches(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_tomesd_merges_tokens_deterministically_and_unpatches(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     # The tiny UNet has attention only below full resolution; reach it so the merge has something to do.
     monkeypatch.setattr(addons_module, "TOME_MAX_DOWNSAMPLE", 2)
     plain = world.image()
@@ -167,7 +163,7 @@ def test_png_carries_a1111_parameters(world: World) -> None:
     assert first.splitlines() == [
         PROMPT,
         "Negative prompt: blurry",
-        'Steps: 2, Sampler: EulerDiscreteScheduler, CFG scale: 7.5, Seed: 40, Size: 64x64, Model: tiny, '
+        "Steps: 2, Sampler: EulerDiscreteScheduler, CFG scale: 7.5, Seed: 40, Size: 64x64, Model: tiny, "
         'Denoising strength: 0.8, Clip skip: 2, Lora: "detail-lora: 0.5"',
     ]
     assert "Seed: 41," in second
@@ -184,3 +180,15 @@ def test_safety_screen_replaces_flagged_images(world: World) -> None:
     relaxed = world.output(safety_checker=True, safety_checker_type="blur")
     assert relaxed.meta["nsfw_content_detected"] is False
     assert relaxed.images[0] == world.image(), "an image under the threshold is kept as is"
+
+
+def test_tomesd_that_cannot_patch_is_reported_not_faked(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tomesd
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("no transformer blocks")
+
+    monkeypatch.setattr(tomesd, "apply_patch", refuse)
+    output = world.output(tomesd=True)
+    assert output.meta["tomesd"] == "unavailable: tomesd cannot patch this model (no transformer blocks)"
+    assert output.images[0] == world.image()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from sdserver.engines.diffusion.hints import canny_hint
 from sdserver.jobs import Job, JobKind
 from sdserver.storage import LocalObjectStore, make_object_key
 from sdserver.worker.engine import EngineOutput, JobCancelled, JobFailed
+from tests.support.tiny_addons import make_tiny_lora
 from tests.support.tiny_controlnet import make_tiny_controlnet
 from tests.support.tiny_sd import RecordingContext, make_job, make_tiny_model, pixels, png_bytes
 
@@ -28,6 +29,7 @@ pytestmark = [
 MODEL = "tiny-sd"
 CN_A = "tiny-cn-a"
 CN_B = "tiny-cn-b"
+LORA = "tiny-lora"
 
 
 @dataclass
@@ -71,6 +73,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     make_tiny_model(models, MODEL)
     make_tiny_controlnet(models, CN_A, seed=1)
     make_tiny_controlnet(models, CN_B, seed=2)
+    make_tiny_lora(models, LORA)
     objects = LocalObjectStore(data_dir / "objects", "http://test", b"secret", 3600)
 
     def put(image: Image.Image) -> str:
@@ -179,9 +182,25 @@ def test_canny_hint_draws_the_square_outline_only() -> None:
     assert set(np.unique(np.asarray(canny_hint(_square_picture())))) <= {0, 255}
 
 
-def test_the_engine_keeps_controlnets_loaded_and_clear_drops_them(world: World, tmp_path: Path) -> None:
+def test_the_engine_keeps_controlnets_loaded_and_clear_drops_them(world: World) -> None:
     world.controlnet()
     assert CN_A in world.engine._controlnets.held()
     world.engine.clear()
     assert world.engine._controlnets.held() == frozenset()
     assert JobKind.CONTROLNET in world.engine.kinds()
+
+
+def test_outputs_carry_the_controlnet_in_their_png_parameters(world: World) -> None:
+    output = world.controlnet(controlnet_conditioning_scale=[0.5])
+    with Image.open(io.BytesIO(output.images[0])) as image:
+        parameters = image.info["parameters"]
+    assert "ControlNet: " in parameters and f"{CN_A} (none, weight 0.5)" in parameters and "Seed: 1234" in parameters
+    assert output.meta["nsfw_content_detected"] is False
+
+
+def test_a_lora_applies_to_controlnet_jobs_and_is_taken_off_after(world: World) -> None:
+    plain = world.controlnet(seed=11).images[0]
+    with_lora = world.controlnet(seed=11, lora_models=[LORA], lora_strengths=[1.0]).images[0]
+    after = world.controlnet(seed=11).images[0]
+    assert _differ(plain, with_lora) > 0.3
+    assert pixels(after).tolist() == pixels(plain).tolist()

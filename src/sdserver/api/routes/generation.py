@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -102,8 +103,10 @@ async def _generate(
         enhance_suffix=services.settings.enhance_prompt_suffix,
     )
     check_addons_exist(services, resolved)
-    params = _job_params(resolved, body, request.url.path) | await _input_keys(services, body, caller)
     keys, links = allocate_outputs(services, resolved.samples, temp=resolved.temp)
+    params = _job_params(resolved, body, request.url.path) | await _input_keys(services, body, caller)
+    # The vendor's meta names the output files by a shared prefix; ours is the first output's unique name.
+    params["meta"]["file_prefix"] = PurePosixPath(keys[0]).stem if keys else None
     spec = JobSpec(
         owner_key_id=caller.id,
         kind=kind,

@@ -79,8 +79,12 @@ def job_addons(
             tokens = _load_embeddings(pipeline, request.embeddings, models_dir)
             undo.callback(pipeline.unload_textual_inversion, tokens=tokens)
         if request.tomesd:
-            _apply_tome(pipeline, seed)
-            undo.callback(_remove_tome, pipeline)
+            problem = _apply_tome(pipeline, seed)
+            if problem is None:
+                undo.callback(_remove_tome, pipeline)
+            else:
+                # Reported, never faked: the job runs without token merging.
+                meta["tomesd"] = f"unavailable: {problem}"
         yield meta
 
 
@@ -208,12 +212,22 @@ def _load_embeddings(pipeline: Any, embedding_ids: tuple[str, ...], models_dir: 
     return sorted(set(tokenizer.get_vocab()) - before)
 
 
-def _apply_tome(pipeline: Any, seed: int) -> None:
-    import tomesd  # type: ignore[import-untyped]
-
-    tomesd.apply_patch(pipeline, ratio=TOME_RATIO, max_downsample=TOME_MAX_DOWNSAMPLE)
+def _apply_tome(pipeline: Any, seed: int) -> str | None:
+    """Patch the UNet for token merging; returns why it could not be applied, or None."""
+    try:
+        import tomesd  # type: ignore[import-untyped]
+    except ImportError as exc:
+        return f"tomesd is not installed ({exc})"
+    try:
+        tomesd.apply_patch(pipeline, ratio=TOME_RATIO, max_downsample=TOME_MAX_DOWNSAMPLE)
+    except (RuntimeError, AttributeError, TypeError) as exc:
+        tomesd.remove_patch(pipeline)
+        return f"tomesd cannot patch this model ({exc})"
+    if not hasattr(pipeline.unet, "_tome_info"):
+        return "tomesd found no UNet to patch"
     # tomesd forks the global RNG for its random merge partitions; a seeded generator keeps a seed's bytes stable.
     pipeline.unet._tome_info["args"]["generator"] = torch.Generator(pipeline.unet.device).manual_seed(seed)
+    return None
 
 
 def _remove_tome(pipeline: Any) -> None:
