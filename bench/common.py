@@ -104,6 +104,8 @@ def _rounded(value: Any) -> Any:
 
 def quantile(values: list[float], share: float) -> float:
     """Nearest-rank quantile (no interpolation: p99 of 100 samples is the 99th value)."""
+    if not values:
+        raise ValueError("no samples to take a quantile of")
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, int(np.ceil(share * len(ordered))) - 1))
     return ordered[index]

@@ -119,7 +119,7 @@ def test_img2img_mode_two_controlnets_and_auto_hint(live: LiveServer, key: str, 
         control_image=b64_png(80, 80),
         controlnet_model=f"{CONTROLNET}, {SECOND_CONTROLNET}",
         controlnet_type="canny",
-        controlnet_conditioning_scale="1, 0.5",
+        controlnet_conditioning_scale=[1, 0.5],  # a JSON list works like the comma string
         auto_hint="yes",
         strength="0.9",
         samples=2,

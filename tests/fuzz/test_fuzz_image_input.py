@@ -22,6 +22,7 @@ SECONDS = int(os.environ.get("SDSERVER_FUZZ_SECONDS", "20"))
 RSS_LIMIT_MB = 2048
 
 
+@pytest.mark.timeout(SECONDS + 180)
 def test_image_input_survives_coverage_guided_fuzzing(tmp_path: Path) -> None:
     command = [
         sys.executable,

@@ -10,7 +10,7 @@ from typing import Any, Final
 from pydantic import AliasChoices, Field
 
 from sdserver.api.fields import Flag, LenientFloat, OptionalText
-from sdserver.api.schemas_generation import GenerationParams, Text2ImgRequest, resolve_generation
+from sdserver.api.schemas_generation import CommaList, GenerationParams, Text2ImgRequest, resolve_generation
 from sdserver.engines.diffusion.hints import HINT_PREPROCESSORS, MAX_CONTROLNETS
 from sdserver.engines.diffusion.schedulers_table import SchedulerError, plan_scheduler
 from sdserver.errors import ValidationError
@@ -30,15 +30,15 @@ class ControlNetRequest(Text2ImgRequest):
     prompt: OptionalText = Field(  # type: ignore[assignment]
         default=None, description="What to draw; may be empty with guess_mode yes."
     )
-    controlnet_model: OptionalText = Field(
+    controlnet_model: CommaList = Field(
         default=None, description=f"ControlNet id, or a comma list of up to {MAX_CONTROLNETS} (MultiControlNet)."
     )
-    controlnet_type: OptionalText = Field(
+    controlnet_type: CommaList = Field(
         default=None,
         description="What the ControlNet reads (canny, depth, ...): one, or one per ControlNet. With auto_hint yes "
         f"it picks the hint preprocessor ({', '.join(sorted(HINT_PREPROCESSORS))}).",
     )
-    controlnet_conditioning_scale: OptionalText = Field(
+    controlnet_conditioning_scale: CommaList = Field(
         default=None, description="ControlNet weight, 0–5 (default 1): one number, or a comma list, one per ControlNet."
     )
     auto_hint: Flag = Field(default=None, description="yes: make the hint from the picture (e.g. canny edges).")
@@ -127,11 +127,6 @@ def resolve_controlnet(
     return resolved, control
 
 
-def split_list(value: str | None) -> list[str]:
-    """A comma list, trimmed, empty items dropped."""
-    return [item.strip() for item in (value or "").split(",") if item.strip()]
-
-
 def _mode(request: ControlNetRequest) -> str:
     if request.init_image is None and request.control_image is None:
         raise ValidationError.for_field("init_image", "is required (or give a control_image)", None)
@@ -151,28 +146,32 @@ def _check_scheduler_from_image(resolved: GenerationParams) -> None:
         ) from None
 
 
-def _models(value: str | None, exists: Callable[[str], bool]) -> list[str]:
-    models = split_list(value)
+def _models(value: tuple[str, ...] | None, exists: Callable[[str], bool]) -> list[str]:
+    models = list(value or ())
     if not models:
         raise ValidationError.for_field("controlnet_model", "is required", value)
     if len(models) > MAX_CONTROLNETS:
-        raise ValidationError.for_field("controlnet_model", f"names at most {MAX_CONTROLNETS} ControlNets", value)
+        raise ValidationError.for_field(
+            "controlnet_model", f"names at most {MAX_CONTROLNETS} ControlNets", ",".join(models)
+        )
     for model in models:
         if not exists(model):
             raise ValidationError.for_field("controlnet_model", "is not a ControlNet on this server", model)
     return models
 
 
-def _per_model(field: str, values: list[Any], count: int, raw: str | None) -> list[Any]:
+def _per_model(field: str, values: list[Any], count: int, raw: tuple[str, ...] | None) -> list[Any]:
     if len(values) == 1:
         return values * count
     if len(values) != count:
-        raise ValidationError.for_field(field, f"must be one value or one per ControlNet ({count})", raw)
+        raise ValidationError.for_field(
+            field, f"must be one value or one per ControlNet ({count})", ",".join(raw or ())
+        )
     return values
 
 
-def _types(value: str | None, models: list[str], *, auto_hint: bool) -> list[str | None]:
-    given = [item.lower() for item in split_list(value)]
+def _types(value: tuple[str, ...] | None, models: list[str], *, auto_hint: bool) -> list[str | None]:
+    given = [item.lower() for item in value or ()]
     # No type given: a ControlNet named after a type ("canny") is taken to be of that type.
     types: list[str | None] = (
         list(_per_model("controlnet_type", given, len(models), value))
@@ -191,8 +190,8 @@ def _types(value: str | None, models: list[str], *, auto_hint: bool) -> list[str
     return types
 
 
-def _scales(value: str | None, count: int) -> list[float]:
-    items = split_list(value)
+def _scales(value: tuple[str, ...] | None, count: int) -> list[float]:
+    items = list(value or ())
     if not items:
         return [DEFAULT_CONDITIONING_SCALE] * count
     scales: list[float] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ LORA = "tiny-lora"
 
 @dataclass
 class World:
+    models: Path
     engine: DiffusionEngine
     objects: LocalObjectStore
     picture_key: str
@@ -83,7 +85,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     mask.paste(255, (32, 0, 64, 64))  # right half white: repaint it
     picture = _square_picture()
     engine = DiffusionEngine(Settings(data_dir=data_dir), objects)
-    return World(engine, objects, put(picture), put(_stripes()), put(mask), picture)
+    return World(models, engine, objects, put(picture), put(_stripes()), put(mask), picture)
 
 
 def _differ(first: bytes, second: bytes) -> float:
@@ -204,3 +206,13 @@ def test_a_lora_applies_to_controlnet_jobs_and_is_taken_off_after(world: World) 
     after = world.controlnet(seed=11).images[0]
     assert _differ(plain, with_lora) > 0.3
     assert pixels(after).tolist() == pixels(plain).tolist()
+
+
+def test_a_replaced_controlnet_is_read_again(world: World) -> None:
+    make_tiny_controlnet(world.models, "tiny-cn-swap", seed=1)
+    before = world.controlnet(controlnet_model=["tiny-cn-swap"]).images[0]
+    same_as_a = world.controlnet().images[0]
+    make_tiny_controlnet(world.models, "tiny-cn-swap", seed=2)
+    after = world.controlnet(controlnet_model=["tiny-cn-swap"]).images[0]
+    assert pixels(before).tolist() == pixels(same_as_a).tolist()  # same seed, same weights as tiny-cn-a
+    assert _differ(before, after) > 0.3

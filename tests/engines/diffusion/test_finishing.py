@@ -29,7 +29,8 @@ def _images(count: int) -> list[Image.Image]:
         ({}, "a photo of a cat\nSteps: 2, Sampler: Euler a, CFG scale: 7.5, Seed: 9, Size: 64x48, Model: m"),
         (
             {"prompt": "two\nlines", "negative_prompt": "ugly", "guidance_scale": 3.0},
-            "two lines\nNegative prompt: ugly\nSteps: 2, Sampler: Euler a, CFG scale: 3, Seed: 9, Size: 64x48, Model: m",
+            "two lines\nNegative prompt: ugly\n"
+            "Steps: 2, Sampler: Euler a, CFG scale: 3, Seed: 9, Size: 64x48, Model: m",
         ),
         ({"prompt": "café ☕"}, "café ☕\nSteps: 2, Sampler: Euler a, CFG scale: 7.5, Seed: 9, Size: 64x48, Model: m"),
     ],

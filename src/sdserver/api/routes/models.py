@@ -173,14 +173,17 @@ _ENDPOINTS: tuple[tuple[str, Handler, type[BaseModel] | None, tuple[str, ...], s
 def _register() -> None:
     for prefix in MODEL_PREFIXES:
         for name, handler, schema, methods, summary in _ENDPOINTS:
-            router.add_api_route(
-                f"{prefix}/{name}",
-                handler,
-                methods=list(methods),
-                include_in_schema=prefix == MODEL_PREFIXES[0],
-                summary=summary,
-                openapi_extra=openapi_body(schema) if schema is not None else None,
-            )
+            # One route per method: a shared route would give both methods the same OpenAPI operation id.
+            for method in methods:
+                router.add_api_route(
+                    f"{prefix}/{name}",
+                    handler,
+                    methods=[method],
+                    include_in_schema=prefix == MODEL_PREFIXES[0],
+                    summary=summary,
+                    operation_id=f"{name}_{method.lower()}",
+                    openapi_extra=openapi_body(schema) if schema is not None else None,
+                )
 
 
 _register()

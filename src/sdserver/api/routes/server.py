@@ -224,14 +224,16 @@ def _register() -> None:
     for name, (handler, methods, summary) in _ENDPOINTS.items():
         extra = openapi_body(UpdateS3Request) if name == "update_s3" else None
         for index, prefix in enumerate(PATHS[name]):
-            router.add_api_route(
-                f"{prefix}/{name}",
-                handler,
-                methods=methods,
-                summary=summary,
-                include_in_schema=index == 0,
-                openapi_extra=extra,
-            )
+            for method in methods:
+                # One documented operation (POST, first prefix); the GET and alias copies behave the same.
+                router.add_api_route(
+                    f"{prefix}/{name}",
+                    handler,
+                    methods=[method],
+                    summary=summary,
+                    include_in_schema=index == 0 and method == "POST",
+                    openapi_extra=extra,
+                )
     router.add_api_route(
         "/metrics",
         metrics,

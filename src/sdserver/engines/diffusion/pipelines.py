@@ -129,7 +129,9 @@ def run_job(
         seed=inputs.seed,
         sampler=choice.class_name,
         nsfw_threshold=nsfw_threshold,
-        extra_parameters=_extra_parameters(inputs, addons, skip, from_image=init is not None),
+        extra_parameters=_extra_parameters(
+            inputs, addons, skip, from_image=init is not None, tome=addon_meta["tomesd"] == "yes"
+        ),
     )
     meta = _meta(inputs, choice, model, skip) | addon_meta | finished.meta
     return EngineOutput(images=finished.images, meta=meta)
@@ -161,7 +163,9 @@ def _generate(
         return list(pipeline(**kwargs).images)
 
 
-def _extra_parameters(inputs: JobInputs, addons: AddonRequest, skip: int | None, *, from_image: bool) -> dict[str, Any]:
+def _extra_parameters(
+    inputs: JobInputs, addons: AddonRequest, skip: int | None, *, from_image: bool, tome: bool
+) -> dict[str, Any]:
     """A1111's names for the settings beyond the standard ones, for the PNG `parameters` text."""
     return {
         "Denoising strength": inputs.strength if from_image else None,
@@ -169,7 +173,8 @@ def _extra_parameters(inputs: JobInputs, addons: AddonRequest, skip: int | None,
         "VAE": addons.vae,
         "Lora": ", ".join(f"{lora}: {strength:g}" for lora, strength in addons.loras) or None,
         "Embeddings": ", ".join(addons.embeddings) or None,
-        "Token merging ratio": TOME_RATIO if addons.tomesd else None,
+        # What ran: a tomesd that could not be applied is not claimed.
+        "Token merging ratio": TOME_RATIO if tome else None,
     }
 
 
