@@ -23,6 +23,8 @@ HANG: Final = "test-hang"
 CRASH: Final = "test-crash"
 TEST_MODELS: Final = frozenset({OK, SLOW, RAISE, OOM, HANG, CRASH})
 
+# Every kind that makes images; model loads belong to the real loader engine, even for a `test-` id.
+IMAGE_KINDS: Final = frozenset(JobKind) - {JobKind.MODEL_LOAD}
 DEFAULT_STEPS: Final = 4
 DEFAULT_SIZE: Final = 64
 DEFAULT_STEP_DELAY_S: Final = 0.2
@@ -43,10 +45,10 @@ class TestEngine:
         self._lock = threading.Lock()
 
     def kinds(self) -> Collection[JobKind]:
-        return frozenset(JobKind)
+        return IMAGE_KINDS
 
     def handles(self, job: Job) -> bool:
-        return job.model_id in TEST_MODELS
+        return job.kind in IMAGE_KINDS and job.model_id in TEST_MODELS
 
     def models(self) -> Collection[str] | None:
         return TEST_MODELS
