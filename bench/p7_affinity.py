@@ -150,7 +150,7 @@ def drain(data_dir: Path, ids: list[int], affinity: bool) -> dict[str, Any]:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    count = 20 if ctx.quick else 100
+    count = 8 if ctx.quick else 100
     data_dir = new_data_dir(ctx, "p7")
     for folder, model in zip(tiny_folders(ctx, len(MODELS)), MODELS, strict=True):
         link_model(folder, data_dir, model)

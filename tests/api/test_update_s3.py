@@ -165,9 +165,8 @@ def test_a_second_switch_keeps_the_first_buckets_objects_readable(
     server, _supervisor = live
     admin, user = server.new_key(Role.ADMIN), server.new_key(Role.USER)
     first, second = new_bucket(s3_server), new_bucket(s3_server)
-    assert http.post(server.url(UPDATE_S3), json={"key": admin, **s3_body(s3_server, first)}).json()["status"] == (
-        "success"
-    )
+    switched = http.post(server.url(UPDATE_S3), json={"key": admin, **s3_body(s3_server, first)}).json()
+    assert switched["status"] == "success"
     early = upload(http, server, user)
     body = {"key": admin, **s3_body(s3_server, second, image_directory="sd-images", bucket=second)}
     assert http.post(server.url(UPDATE_S3), json=body).json()["status"] == "success"
@@ -178,3 +177,20 @@ def test_a_second_switch_keeps_the_first_buckets_objects_readable(
     assert in_bucket(s3_server, second, late_key)
     # The store reads through to the earlier bucket (base64 replies, engines reading inputs).
     assert server.services.store.get(early_key) == png_bytes(16, 12)
+
+
+def test_another_api_replica_follows_the_switch(tmp_path: Path, s3_server: S3Server, http: httpx.Client) -> None:
+    with (
+        run_server(make_settings(tmp_path)) as first,
+        run_server(make_settings(tmp_path)) as second,  # same database and folder, another port
+    ):
+        admin, user = first.new_key(Role.ADMIN), first.new_key(Role.USER)
+        bucket = new_bucket(s3_server)
+        switched = http.post(first.url(UPDATE_S3), json={"key": admin, **s3_body(s3_server, bucket)}).json()
+        assert switched["status"] == "success"
+        deadline = time.monotonic() + 10
+        while second.services.store.config is None:
+            assert time.monotonic() < deadline, "the second replica never switched"
+            time.sleep(0.1)
+        reply = upload(http, second, user)
+        assert in_bucket(s3_server, bucket, reply["image_url"].split("/sd-images/")[1].split("?")[0])

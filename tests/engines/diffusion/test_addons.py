@@ -192,3 +192,28 @@ def test_tomesd_that_cannot_patch_is_reported_not_faked(world: World, monkeypatc
     output = world.output(tomesd=True)
     assert output.meta["tomesd"] == "unavailable: tomesd cannot patch this model (no transformer blocks)"
     assert output.images[0] == world.image()
+
+
+@pytest.mark.parametrize(
+    ("folder", "name", "params", "field"),
+    [
+        ("lora", "broken.safetensors", {"lora_models": ["broken"]}, "lora_model"),
+        ("vae", "broken.safetensors", {"vae": "broken"}, "vae"),
+        ("embeddings", "broken.safetensors", {"embeddings": ["broken"]}, "embeddings_model"),
+    ],
+    ids=["lora", "vae", "embedding"],
+)
+def test_corrupt_addon_fails_the_job_and_leaves_the_model_clean(
+    world: World, folder: str, name: str, params: dict[str, Any], field: str
+) -> None:
+    plain = world.image()
+    path = world.data_dir / "models" / folder / name
+    path.write_bytes(b"not a safetensors file")
+    try:
+        with pytest.raises(JobFailed) as caught:
+            world.output(**params)
+    finally:
+        path.unlink()
+    assert caught.value.code == "addon_load_failed"
+    assert str(caught.value).startswith(f"{field}: 'broken' could not be loaded")
+    assert world.image() == plain

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import torch
+from safetensors import SafetensorError
 
 from sdserver.engines.diffusion.models import AddonKind, find_addon
 from sdserver.jobs import Job
@@ -26,6 +27,8 @@ TOME_MAX_DOWNSAMPLE: Final = 1
 # A diffusers-layout VAE state dict has these; an original (LDM) checkpoint has `decoder.up.N...` instead.
 DIFFUSERS_VAE_KEY: Final = "decoder.conv_in.weight"
 DIFFUSERS_VAE_BLOCK: Final = "decoder.up_blocks."
+# What a corrupt or mismatched add-on file raises while loading: the job fails, the worker is fine.
+LOAD_ERRORS: Final = (ValueError, KeyError, OSError, RuntimeError, SafetensorError)
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,9 @@ def job_addons(
     meta: dict[str, Any] = {"tomesd": "yes" if request.tomesd else "no"}
     with ExitStack() as undo:
         if request.loras:
-            _apply_loras(pipeline, cache, request.loras, models_dir)
+            # Registered first: a load that fails halfway must not leave a new adapter active for later jobs.
             undo.callback(pipeline.disable_lora)
+            _apply_loras(pipeline, cache, request.loras, models_dir)
         if request.vae is not None:
             own = pipeline.vae
             pipeline.vae = _vae(pipeline, cache, request.vae, models_dir)
@@ -121,7 +125,7 @@ def _apply_loras(pipeline: Any, cache: AddonCache, loras: tuple[tuple[str, float
             name = adapter_name(lora_id)
             try:
                 pipeline.load_lora_weights(str(path), adapter_name=name)
-            except (ValueError, KeyError, OSError, RuntimeError) as exc:
+            except LOAD_ERRORS as exc:
                 raise JobFailed("addon_load_failed", f"lora_model: {lora_id!r} could not be loaded: {exc}") from exc
             cache.loras[lora_id] = (name, stamp)
         cache.loras.move_to_end(lora_id)
@@ -149,7 +153,7 @@ def _vae(pipeline: Any, cache: AddonCache, vae_id: str, models_dir: Path) -> Any
     own = pipeline.vae
     try:
         vae = load_vae(path, own)
-    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+    except LOAD_ERRORS as exc:
         raise JobFailed("addon_load_failed", f"vae: {vae_id!r} could not be loaded: {exc}") from exc
     if int(vae.config.latent_channels) != int(own.config.latent_channels) or len(vae.config.block_out_channels) != len(
         own.config.block_out_channels
@@ -200,7 +204,7 @@ def _load_embeddings(pipeline: Any, embedding_ids: tuple[str, ...], models_dir: 
             path = _addon_path(models_dir, AddonKind.EMBEDDING, embedding_id, "embeddings_model")
             try:
                 pipeline.load_textual_inversion(str(path), token=embedding_id)
-            except (ValueError, KeyError, OSError, RuntimeError) as exc:
+            except LOAD_ERRORS as exc:
                 raise JobFailed(
                     "addon_load_failed", f"embeddings_model: {embedding_id!r} could not be loaded: {exc}"
                 ) from exc
