@@ -175,3 +175,41 @@ def test_upload_aliases_return_a_stored_image(
     url = link[0] if isinstance(link, list) else link
     download = http_client.get(url)
     assert download.status_code == 200 and download.content.startswith(b"\x89PNG")
+
+
+# Every path contract 3.5 names, with the handler that must serve it (function name of the route's endpoint).
+CONTRACT_ROUTES: list[tuple[str, str]] = [
+    *[(path, kind.value) for path, kind, _ in GENERATION_ALIASES],
+    ("/api/v1/enterprise/controlnet", "controlnet"),
+    ("/api/v1/enterprise/images/controlnet", "controlnet"),
+    ("/api/v5/controlnet", "controlnet"),
+    ("/api/v6/images/controlnet", "controlnet"),
+    ("/api/v1/enterprise/super_resolution", "super_resolution"),
+    ("/api/v3/super_resolution", "super_resolution"),
+    ("/api/v6/image_editing/super_resolution", "super_resolution"),
+    ("/api/v1/enterprise/image_editing/super_resolution", "super_resolution"),
+    ("/api/v1/enterprise/super_resolution/make", "super_resolution"),
+    ("/api/v3/base64_crop", "base64_crop"),
+    ("/api/v6/image_editing/base64_to_url", "base64_to_url"),
+    ("/api/v1/enterprise/nsfw_image_check", "nsfw_image_check"),
+    ("/api/v3/nsfw_image_check", "nsfw_image_check"),
+    ("/api/v1/enterprise/upload_image", "upload_image"),
+    *[(f"{prefix}/fetch/{{job_id}}", "fetch") for prefix in FETCH_PREFIXES],
+    *[(f"{prefix}/fetch", "fetch") for prefix in FETCH_PREFIXES],
+]
+
+
+def test_every_contract_path_is_routed_to_its_handler() -> None:
+    from fastapi.routing import APIRoute
+
+    from sdserver.api.app import ROUTERS
+
+    handlers: dict[str, str] = {}
+    for router in ROUTERS:
+        for route in router.routes:
+            if isinstance(route, APIRoute) and "POST" in route.methods:
+                handlers.setdefault(route.path, route.endpoint.__name__)
+    missing = [path for path, _ in CONTRACT_ROUTES if path not in handlers]
+    assert missing == []
+    wrong = {path: handlers[path] for path, handler in CONTRACT_ROUTES if handler not in handlers[path]}
+    assert wrong == {}
