@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,6 +147,10 @@ def ensure_admin_key(settings: Settings, keys: KeyStore) -> None:
         print(f"Admin API key (shown only once, keep it safe): {secret}", flush=True)
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def serve(settings: Settings, *, log_level: str = "info") -> int:
     import uvicorn
 
@@ -166,9 +171,15 @@ def serve(settings: Settings, *, log_level: str = "info") -> int:
         settings.workers,
         settings.data_dir.resolve(),
     )
+    # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default handler that would end the
+    # process on the spot and skip the supervisor's stop below, orphaning the workers. Ours turns it into an exit.
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, proxy_headers=True)
+    except SystemExit:
+        pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         # Workers finish or release their current job: nothing is lost by stopping the server.
         supervisor.stop(timeout=30)
     return 0
