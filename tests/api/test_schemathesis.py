@@ -59,6 +59,21 @@ def live() -> Iterator[LiveServer]:
             yield server
 
 
+@pytest.fixture(scope="module", autouse=True)
+def report_case_count(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After the module, write the figure the issue note asks for (cases sent) to the terminal."""
+    yield
+    total = sum(CASES_RUN.values())
+    negative = sum(count for name, count in CASES_RUN.items() if name.startswith("negative"))
+    operations = len({name.split(" ", 1)[1] for name in CASES_RUN})
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    if reporter is not None and CASES_RUN:
+        reporter.write_line(
+            f"\nschemathesis: {total} cases ({negative} negative) over {operations} operations, "
+            f"at most {EXAMPLES} per operation and mode"
+        )
+
+
 @pytest.fixture(scope="module")
 def admin_key(live: LiveServer) -> str:
     # An admin key reaches every handler body; user keys on admin routes are covered by test_admin_routes.py.
@@ -183,14 +198,3 @@ def test_inputs_that_once_gave_a_500_now_get_a_clear_error(
         assert body["error_code"] == code, body
     if message is not None:
         assert body["message"] == message, body
-
-
-def test_report_case_count() -> None:
-    """Print the figure the issue note asks for (cases sent, by all the tests above)."""
-    total = sum(CASES_RUN.values())
-    negative = sum(count for name, count in CASES_RUN.items() if name.startswith("negative"))
-    operations = len({name.split(" ", 1)[1] for name in CASES_RUN})
-    print(
-        f"\nschemathesis: {total} cases ({negative} negative) over {operations} operations, "
-        f"at most {EXAMPLES} per operation and mode"
-    )

@@ -23,7 +23,7 @@ RSS_LIMIT_MB = 2048
 
 
 @pytest.mark.timeout(SECONDS + 180)
-def test_image_input_survives_coverage_guided_fuzzing(tmp_path: Path) -> None:
+def test_image_input_survives_coverage_guided_fuzzing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     command = [
         sys.executable,
         str(TARGET),
@@ -40,10 +40,11 @@ def test_image_input_survives_coverage_guided_fuzzing(tmp_path: Path) -> None:
     assert runs is not None, log[-3000:]
     peak = max((int(mb) for mb in re.findall(r"rss: (\d+)Mb", log)), default=0)
     instrumented = "instrumented: True" in log
-    print(
-        f"\natheris image input: {runs.group(1)} executions in {runs.group(2)} s, peak RSS {peak} MB "
-        f"(cap {RSS_LIMIT_MB} MB), coverage-instrumented: {instrumented}"
-    )
+    with capsys.disabled():  # the figure belongs in the normal test output, not only with -s
+        print(
+            f"\natheris image input: {runs.group(1)} executions in {runs.group(2)} s, peak RSS {peak} MB "
+            f"(cap {RSS_LIMIT_MB} MB), coverage-instrumented: {instrumented}"
+        )
     assert int(runs.group(1)) > 100
 
 
