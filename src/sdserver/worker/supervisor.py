@@ -18,6 +18,7 @@ from typing import Final
 from pydantic import SecretStr
 
 from sdserver.config import Settings
+from sdserver.worker.loop import EXIT_RESTART
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,11 @@ class WorkerSupervisor:
         if slot.proc is not None:
             code = slot.proc.poll()
             if code is None:
+                return
+            if code == EXIT_RESTART:
+                # Asked to restart (restart_server): not a crash, so no backoff and no count against the limit.
+                log.info("worker %d (pid %d) restarting as requested", slot.index, slot.proc.pid)
+                slot.proc = self._spawn(slot)
                 return
             log.warning("worker %d (pid %d) exited with status %s; restarting", slot.index, slot.proc.pid, code)
             slot.proc = None
