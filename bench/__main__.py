@@ -20,6 +20,10 @@ from typing import Any
 
 # Before diffusers/huggingface_hub read it: nothing here may try the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Download/load progress bars would bury the table; the servers' workers inherit these too.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from bench.common import RunContext, machine
 from bench.report import table, write_charts, write_json

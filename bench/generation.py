@@ -23,7 +23,7 @@ from bench.common import (
     serve,
     smooth_png,
 )
-from bench.models import model_folder
+from bench.models import model_folder, quiet
 
 PROMPT = "a photo of a red house by a tree"
 SCHEDULER = "PNDMScheduler"
@@ -61,6 +61,7 @@ def bare_pipeline(ctx: RunContext) -> Any:
         from sdserver.engines.diffusion.precision import choose_placement
 
         folder, _ = model_folder(ctx)
+        quiet()
         placement = choose_placement("auto")
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
             folder, dtype=placement.dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False

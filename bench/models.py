@@ -14,6 +14,15 @@ from bench.common import SEED, TINY_MODEL, RunContext
 SD15_CONFIGS = Path(__file__).resolve().parents[1] / "src" / "sdserver" / "engines" / "diffusion" / "configs" / "sd15"
 
 
+def quiet() -> None:
+    """No per-component progress bars in the bench output (the engine does the same in workers)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
 def write_sd15(folder: Path, seed: int = SEED) -> Path:
     """A diffusers folder with the real SD 1.5 architecture (UNet 860M, VAE 84M, CLIP-L 123M parameters) and
     seeded random weights: compute cost is the real model's; the images are noise. About 4 GB on disk."""
@@ -43,6 +52,7 @@ def model_folder(ctx: RunContext) -> tuple[Path, str]:
     Returns (folder, kind)."""
 
     def build() -> tuple[Path, str]:
+        quiet()
         started = time.perf_counter()
         if ctx.quick:
             from sdserver.engines.diffusion.tiny import make_tiny_model

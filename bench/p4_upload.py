@@ -62,7 +62,7 @@ def floor_once(payload: str, root: Path) -> float:
 def run(ctx: RunContext) -> dict[str, Any]:
     png = noise_png(SIDE)
     payload = base64.b64encode(png).decode()
-    count = 40 if ctx.quick else 400
+    count = 40 if ctx.quick else 200
     floors = 10 if ctx.quick else 50
     with tempfile.TemporaryDirectory(dir=ctx.workdir) as folder:
         floor_once(payload, Path(folder))  # warm-up: imports, first file

@@ -58,7 +58,7 @@ async def poll(
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    duration = 4.0 if ctx.quick else 30.0
+    duration = 4.0 if ctx.quick else 20.0
     data_dir = new_data_dir(ctx, "p6")
     link_model(tiny_folders(ctx, 1)[0], data_dir, MODEL)
     latencies: list[float] = []

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from bench.common import quantile, result
 from bench.report import table
 
@@ -19,7 +18,7 @@ RESULT_KEYS = {"id", "measure", "baseline", "ratio", "goal", "met", "limit", "be
 def test_quick_run_writes_the_report(tmp_path: Path) -> None:
     # P5: a real `sdserver serve` (no workers), 50 uploads, RSS and /proc/<pid>/maps read from outside.
     command = [sys.executable, "-m", "bench", "--quick", "--only", "p5", "--out", str(tmp_path), "--no-charts"]
-    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     report = json.loads((tmp_path / "latest.json").read_text())
     assert report["mode"] == "quick"
@@ -41,7 +40,7 @@ def test_quick_run_writes_the_report(tmp_path: Path) -> None:
 
 def test_unknown_benchmark_is_refused() -> None:
     command = [sys.executable, "-m", "bench", "--quick", "--only", "P9"]
-    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)  # noqa: S603
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode != 0
     assert "unknown benchmark P9" in run.stderr
 

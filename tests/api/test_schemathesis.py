@@ -66,12 +66,13 @@ def report_case_count(request: pytest.FixtureRequest) -> Iterator[None]:
     total = sum(CASES_RUN.values())
     negative = sum(count for name, count in CASES_RUN.items() if name.startswith("negative"))
     operations = len({name.split(" ", 1)[1] for name in CASES_RUN})
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    if reporter is not None and CASES_RUN:
-        reporter.write_line(
-            f"\nschemathesis: {total} cases ({negative} negative) over {operations} operations, "
-            f"at most {EXAMPLES} per operation and mode"
-        )
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None and CASES_RUN:
+        with capture.global_and_fixture_disabled():
+            print(
+                f"\nschemathesis: {total} cases ({negative} negative) over {operations} operations, "
+                f"at most {EXAMPLES} per operation and mode"
+            )
 
 
 @pytest.fixture(scope="module")
