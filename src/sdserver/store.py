@@ -84,6 +84,33 @@ class JobStore:
             self._notify(conn, CHANGE_CHANNEL, str(job_id))
             return job_from_row(_select_job(conn, job_id))
 
+    def fail_queued_for_model(self, model_id: str, kinds: Sequence[JobKind], *, code: str, message: str) -> list[int]:
+        """Fail the queued jobs of these kinds that wait for a model that is gone (delete_model): no worker would
+        ever claim them. Their webhooks go out like any failure's. Returns their ids."""
+        with self._write() as conn:
+            rows = conn.execute(
+                sa.select(jobs.c.id, jobs.c.webhook_url)
+                .where(
+                    jobs.c.status == JobStatus.QUEUED.value,
+                    jobs.c.model_id == model_id,
+                    jobs.c.kind.in_([kind.value for kind in kinds]),
+                )
+                .with_for_update()
+            ).all()
+            now = self._now()
+            failed: list[int] = []
+            for row in rows:
+                values: dict[str, Any] = {"error_code": code, "error_message": message}
+                if row.webhook_url:
+                    values["webhook_status"] = WebhookStatus.PENDING.value
+                if _move(conn, [row.id], JobStatus.QUEUED, JobStatus.FAILED, finished_at=now, **values) != 1:
+                    continue
+                if row.webhook_url:
+                    enqueue_delivery(conn, row.id, row.webhook_url, now=now)
+                self._notify(conn, CHANGE_CHANNEL, str(row.id))
+                failed.append(int(row.id))
+            return sorted(failed)
+
     def count_active(self, owner_key_id: int) -> int:
         query = (
             sa.select(sa.func.count())

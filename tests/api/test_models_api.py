@@ -305,3 +305,25 @@ def test_a_huggingface_load_queues_a_hub_snapshot(
     )
     record = models_server.services.registry.get(ModelKind.CHECKPOINT, "sd15")
     assert record is not None and record.source == "runwayml/stable-diffusion-v1-5"
+
+
+def test_deleting_a_model_fails_the_jobs_still_queued_for_it(
+    models_server: LiveServer, admin: str, http: httpx.Client
+) -> None:
+    """No worker would ever claim a job whose model is gone: delete_model fails them at once (others stay queued)."""
+    diffusers = models_server.services.settings.data_dir / "models" / "diffusers"
+    for model_id in ("gone", "kept"):
+        (diffusers / model_id).mkdir(parents=True)
+        (diffusers / model_id / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    user = models_server.new_key(Role.USER)
+    submitted = {}
+    for model_id in ("gone", "kept"):
+        body = {"key": user, "prompt": "a cat", "model_id": model_id, "width": 64, "height": 64}
+        reply = http.post(models_server.url(f"{V1}/text2img"), json=body | {"instant_response": "yes"}).json()
+        assert reply["status"] == "processing", reply
+        submitted[model_id] = reply["id"]
+    assert call(http, models_server, "delete_model", admin, model_id="gone")["status"] == "success"
+    failed = http.post(models_server.url(f"{V1}/fetch/{submitted['gone']}"), json={"key": user}).json()
+    assert failed["status"] == "failed" and "Model id not found" in failed["message"], failed
+    kept = models_server.services.jobs.get(submitted["kept"], owner_key_id=None)
+    assert kept.status is JobStatus.QUEUED

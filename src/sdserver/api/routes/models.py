@@ -140,7 +140,20 @@ def _delete(services: Services, model_id: str, only: ModelKind | None) -> list[M
             services.jobs.cancel(record.job_id, owner_key_id=None)
         services.registry.delete(kind, model_id)
         remove_model_files(services.models.models_dir, kind, model_id)
+        waiting = _JOBS_NEEDING.get(kind)
+        if waiting and kind not in services.models.kinds_of(model_id):
+            # No worker would ever claim these: they fail now, like a request for an unknown model would.
+            services.jobs.fail_queued_for_model(
+                model_id, waiting, code="model_not_found", message="Model id not found (it was deleted)"
+            )
     return kinds
+
+
+# The queued jobs that wait for a model of this kind (add-ons fail at run time with their own message).
+_JOBS_NEEDING: dict[ModelKind, tuple[JobKind, ...]] = {
+    ModelKind.CHECKPOINT: (JobKind.TEXT2IMG, JobKind.IMG2IMG, JobKind.INPAINT, JobKind.CONTROLNET),
+    ModelKind.UPSCALER: (JobKind.SUPER_RESOLUTION,),
+}
 
 
 def _public(entry: ModelEntry) -> dict[str, Any]:
