@@ -39,6 +39,8 @@ BENCHMARKS = {
     "P8": "bench.p8_precision",
 }
 RESULTS = Path(__file__).parent / "results"
+# Shared resources and the benchmarks that use them: each is freed once none of its users is left to run.
+RESOURCE_USERS = {"gen-server": {"P1", "P2"}, "bare-pipeline": {"P1", "P2"}}
 
 
 def selected(only: str | None) -> list[str]:
@@ -70,6 +72,10 @@ def run_all(names: list[str], ctx: RunContext) -> list[dict[str, Any]]:
             traceback.print_exc()
             entry = {"id": name, "error": f"{type(exc).__name__}: {exc}"}
         entry["seconds"] = round(time.perf_counter() - started, 1)
+        later = set(names[names.index(name) + 1 :])
+        for resource, users in RESOURCE_USERS.items():
+            if resource in ctx.cache and not users & later:
+                ctx.drop(resource)
         print(f"{name}: done in {entry['seconds']} s", flush=True)
         results.append(entry)
     return results

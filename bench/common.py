@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import gc
 import io
 import os
 import platform
@@ -55,13 +56,28 @@ class RunContext:
     def gpu(self) -> bool:
         return self.device.startswith("cuda")
 
-    def shared(self, name: str, make: Callable[[], Any]) -> Any:
-        """One instance per run of an expensive resource (a built model folder, a started server)."""
+    closers: dict[str, Callable[[], None]] = field(default_factory=dict)
+
+    def shared(self, name: str, make: Callable[[], Any], close: Callable[[], None] | None = None) -> Any:
+        """One instance per run of an expensive resource (a built model folder, a started server); `close`, if
+        given, runs when it is dropped or at the end of the run."""
         if name not in self.cache:
             self.cache[name] = make()
+            if close is not None:
+                self.closers[name] = close
         return self.cache[name]
 
+    def drop(self, name: str) -> None:
+        """Free a shared resource no later benchmark needs (an SD 1.5 pipeline holds 4 GB, its server as much)."""
+        self.cache.pop(name, None)
+        closer = self.closers.pop(name, None)
+        if closer is not None:
+            closer()
+        gc.collect()
+
     def close(self) -> None:
+        for name in list(self.closers):
+            self.drop(name)
         self.stack.close()
 
 

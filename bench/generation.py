@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import time
 from dataclasses import dataclass
@@ -42,13 +43,15 @@ class JobShape:
 def gen_server(ctx: RunContext) -> Server:
     """`sdserver serve` with one worker and this run's model; requests wait for their job (sync answer)."""
 
+    stack = contextlib.ExitStack()
+
     def start() -> Server:
         folder, _ = model_folder(ctx)
         data_dir = new_data_dir(ctx, "gen")
         link_model(folder, data_dir, SD15_MODEL)
-        return ctx.stack.enter_context(serve(data_dir, workers=1, sync_wait_s=300))
+        return stack.enter_context(serve(data_dir, workers=1, sync_wait_s=300))
 
-    server: Server = ctx.shared("gen-server", start)
+    server: Server = ctx.shared("gen-server", start, close=stack.close)
     return server
 
 
@@ -90,6 +93,10 @@ def api_body(server: Server, shape: JobShape, index: int) -> dict[str, Any]:
         "guidance_scale": GUIDANCE,
         "scheduler": SCHEDULER,
         "seed": SEED + index,
+        # ModelsLab defaults both to yes; the bare pipeline does neither, so the same work means both off. The
+        # safety screen stays at its default (on): it is serving work the product does on every image.
+        "enhance_prompt": "no",
+        "tomesd": "no",
     }
 
 

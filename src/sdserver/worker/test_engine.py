@@ -109,7 +109,9 @@ def render_output(job: Job) -> EngineOutput:
     """What `test-ok` returns for a job: the same bytes every time for the same job."""
     seed = job_seed(job)
     width, height = job.width or DEFAULT_SIZE, job.height or DEFAULT_SIZE
-    images = [render_png(job.params, seed, index, width, height) for index in range(len(job.output_keys))]
+    # `meta` is the reply's echo (it names this job's own output files), not an input of the picture.
+    inputs = {name: value for name, value in job.params.items() if name not in ("meta", "fetch_prefix")}
+    images = [render_png(inputs, seed, index, width, height) for index in range(len(job.output_keys))]
     return EngineOutput(images=images, meta={"seed": seed, "engine": TestEngine.name})
 
 
