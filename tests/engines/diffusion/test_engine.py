@@ -282,3 +282,47 @@ def test_other_device_errors_restart_the_worker(
     monkeypatch.setattr(engine_module, "run_job", broken)
     with pytest.raises(DeviceFailure, match="illegal memory access"):
         engine.run([make_job("first")], lambda _job: RecordingContext())
+
+
+def test_low_free_memory_evicts_before_the_count_limit(tmp_path: Path) -> None:
+    """Two slots, but the device says it has no room for a second model: the first goes before the second loads."""
+    for name in ("first", "second"):
+        make_tiny_model(tmp_path / "models", name, seed=len(name))
+    objects = LocalObjectStore(tmp_path / "objects", "http://test", b"secret", 3600)
+    free = {"bytes": 64 * 1024**3}
+    engine = DiffusionEngine(
+        Settings(data_dir=tmp_path), objects, max_loaded=2, precision="fp32", memory_probe=lambda: free["bytes"]
+    )
+    try:
+        engine.run([make_job("first")], lambda _job: RecordingContext())
+        engine.run([make_job("second")], lambda _job: RecordingContext())
+        assert set(engine.held_models()) == {"first", "second"}, "plenty of memory: both stay"
+        free["bytes"] = 1024
+        engine.run([make_job("first")], lambda _job: RecordingContext())
+        assert set(engine.held_models()) == {"first", "second"}, "a model already loaded needs no room"
+        engine.clear()
+        engine.run([make_job("first")], lambda _job: RecordingContext())
+        engine.run([make_job("second")], lambda _job: RecordingContext())
+        assert set(engine.held_models()) == {"second"}, "no room: the least recently used one was unloaded"
+    finally:
+        engine.clear()
+
+
+def test_model_footprint_counts_weight_files(tmp_path: Path) -> None:
+    from sdserver.engines.diffusion.models import find_model
+
+    make_tiny_model(tmp_path / "models", "sized")
+    source = find_model(tmp_path / "models", "sized")
+    assert source is not None
+    weights = [entry for entry in source.path.rglob("*.safetensors")]
+    assert weights and engine_module.model_footprint(source) == sum(entry.stat().st_size for entry in weights)
+
+
+def test_host_available_memory_reads_meminfo(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       32000000 kB\nMemAvailable:   1000 kB\n")
+    assert engine_module.host_available_memory(meminfo) == 1000 * 1024
+    meminfo.write_text("nothing useful\n")
+    assert engine_module.host_available_memory(meminfo) is None
+    assert engine_module.host_available_memory(tmp_path / "missing") is None
+    assert engine_module.free_device_memory("cpu") is not None

@@ -1,4 +1,5 @@
-"""The diffusers engine: text2img, img2img and inpaint on models from the data dir, with an LRU of loaded models."""
+"""The diffusers engine: text2img, img2img, inpaint and ControlNet on models from the data dir, with an LRU of
+loaded models bounded by count and by the device's free memory."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import torch
 
 from sdserver.engines.diffusion.controlnet import ControlNetCache, run_controlnet_job
 from sdserver.engines.diffusion.loader import LoadedModel, load_model
-from sdserver.engines.diffusion.models import find_model, list_models, models_dir_for
+from sdserver.engines.diffusion.models import ModelSource, find_model, list_models, models_dir_for
 from sdserver.engines.diffusion.pipelines import run_job
 from sdserver.engines.diffusion.precision import Placement, PrecisionSetting, choose_placement
 from sdserver.jobs import Job, JobKind
@@ -30,11 +32,18 @@ log = logging.getLogger(__name__)
 KINDS: Final = frozenset({JobKind.TEXT2IMG, JobKind.IMG2IMG, JobKind.INPAINT, JobKind.CONTROLNET})
 # The worker asks for models() on every claim (several times a second when idle): rescan the disk at most this often.
 MODELS_SCAN_TTL_S: Final = 2.0
+# Free memory kept beyond a model's own size when deciding what to evict: activations, VAE decode, the OS.
+MIN_HEADROOM_BYTES: Final = 512 * 1024 * 1024
+WEIGHT_SUFFIXES: Final = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+
+# Free bytes on the engine's device now, or None when it cannot be told.
+MemoryProbe = Callable[[], int | None]
 
 
 class DiffusionEngine:
-    """Serves diffusers models found under `settings.data_dir/models`. Keeps up to `max_loaded` models in memory
-    (least recently used goes first); one loaded model serves all three kinds with the same weights."""
+    """Serves diffusers models found under `settings.data_dir/models`. Keeps up to `max_loaded` models in memory,
+    fewer when the device lacks room for the next one (least recently used goes first); one loaded model serves
+    every kind with the same weights."""
 
     name: str = "diffusers"
 
@@ -46,6 +55,7 @@ class DiffusionEngine:
         max_loaded: int = 1,
         precision: PrecisionSetting = "auto",
         device: str | None = None,
+        memory_probe: MemoryProbe | None = None,
     ) -> None:
         if max_loaded < 1:
             raise ValueError(f"max_loaded must be at least 1, got {max_loaded}")
@@ -54,6 +64,7 @@ class DiffusionEngine:
         self._objects = objects
         self._max_loaded = max_loaded
         self.placement: Placement = choose_placement(precision, device)
+        self._free_bytes = memory_probe or (lambda: free_device_memory(self.placement.device))
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._scan: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
@@ -128,7 +139,7 @@ class DiffusionEngine:
                 return cached
         # Not loaded, or its files were replaced since it was.
         self._forget(model_id)
-        self._make_room()
+        self._make_room(model_footprint(source))
         log.info(
             "loading model %s from %s (%s on %s)",
             model_id,
@@ -141,14 +152,22 @@ class DiffusionEngine:
             self._loaded[model_id] = model
         return model
 
-    def _make_room(self) -> None:
-        """Evict before loading, so two models never sit in memory beyond the limit."""
-        with self._lock:
-            evicted = False
-            while len(self._loaded) >= self._max_loaded:
-                self._loaded.popitem(last=False)
-                evicted = True
-        if evicted:
+    def _make_room(self, needed: int) -> None:
+        """Evict before loading, least recently used first, until the count limit leaves a slot and the device's
+        free memory fits the new model plus headroom; two models never sit in memory beyond either limit."""
+        headroom = needed + max(MIN_HEADROOM_BYTES, needed // 4)
+        while True:
+            with self._lock:
+                if not self._loaded:
+                    return
+                full = len(self._loaded) >= self._max_loaded
+                if not full:
+                    free = self._free_bytes()
+                    if free is None or free >= headroom:
+                        return
+                evicted_id, evicted = self._loaded.popitem(last=False)
+            log.info("unloading model %s to make room (%s)", evicted_id, "count limit" if full else "memory")
+            del evicted
             _free_memory()
 
     def _forget(self, model_id: str) -> None:
@@ -157,6 +176,33 @@ class DiffusionEngine:
         if dropped is not None:
             del dropped
             _free_memory()
+
+
+def model_footprint(source: ModelSource) -> int:
+    """Bytes the model's weight files take on disk: the estimate of what loading it will take."""
+    path = source.path
+    files = [path] if path.is_file() else [entry for entry in path.rglob("*") if entry.suffix in WEIGHT_SUFFIXES]
+    return sum(entry.stat().st_size for entry in files if entry.is_file())
+
+
+def free_device_memory(device: str) -> int | None:
+    """Free memory of a CUDA device, or MemAvailable of the host for the CPU; None when unknown."""
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    if device == "cpu":
+        return host_available_memory()
+    return None
+
+
+def host_available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _free_memory() -> None:
