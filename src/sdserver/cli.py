@@ -175,7 +175,14 @@ def serve(settings: Settings, *, log_level: str = "info") -> int:
     # process on the spot and skip the supervisor's stop below, orphaning the workers. Ours turns it into an exit.
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, proxy_headers=True)
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level,
+            proxy_headers=True,
+            limit_concurrency=settings.max_connections,
+        )
     except SystemExit:
         pass
     finally:

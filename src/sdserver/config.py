@@ -62,6 +62,10 @@ class Settings(BaseSettings):
 
     # Limits: whole request body, decoded image bytes, decoded image pixels.
     max_body_bytes: int = Field(default=16 * MIB, ge=1024)
+    # A request body must arrive in full within this time (a client trickling bytes cannot hold a connection).
+    body_read_timeout_s: float = Field(default=60.0, gt=0.0)
+    # Connections (and requests in flight) uvicorn accepts at once; beyond it, new ones get 503 at once.
+    max_connections: int = Field(default=1000, ge=1)
     max_image_bytes: int = Field(default=10 * MIB, ge=1024)
     max_image_pixels: int = Field(default=6000 * 6000, ge=64 * 64)
 

@@ -43,6 +43,11 @@ class BodyTooLargeError(SdError):
     default_message = "Request body is too large"
 
 
+class BodyTooSlowError(SdError):
+    code = "body_too_slow"
+    default_message = "Request body arrived too slowly"
+
+
 class MissingFileError(SdError):
     """A multipart request without its file part."""
 

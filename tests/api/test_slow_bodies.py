@@ -102,13 +102,27 @@ def test_other_clients_are_served_while_64_slow_clients_trickle(
     assert still_open == 64, "the slow clients were meant to be still connected while others were served"
 
 
+@pytest.mark.settings(body_read_timeout_s=3.0, real_status_codes=True)
+def test_a_client_trickling_its_body_is_answered_408_and_disconnected(local_server: LiveServer) -> None:
+    with slow_clients(local_server, 1, "body", interval=0.5) as (sock,):
+        sock.settimeout(HOLD_S)
+        reply = b""
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                reply += chunk
+        waited = time.monotonic() - started
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"body_too_slow" in reply and b"within 3 seconds" in reply
+    assert waited < HOLD_S, "the server closes the connection after its answer"
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="gap: uvicorn has no header/body read timeout; see docs/hostile-input.md for the proposed fix",
+    reason="gap: uvicorn has no timeout for incomplete request headers; run behind a proxy (docs/hostile-input.md)",
 )
-@pytest.mark.parametrize("what", ["headers", "body"])
-def test_a_slow_client_is_disconnected_after_a_read_timeout(local_server: LiveServer, what: str) -> None:
-    with slow_clients(local_server, 1, what, interval=0.5) as (sock,):
+def test_a_client_trickling_its_headers_is_disconnected_after_a_read_timeout(local_server: LiveServer) -> None:
+    with slow_clients(local_server, 1, "headers", interval=0.5) as (sock,):
         deadline = time.monotonic() + HOLD_S
         while time.monotonic() < deadline and not _is_closed(sock):
             time.sleep(0.1)
@@ -116,7 +130,7 @@ def test_a_slow_client_is_disconnected_after_a_read_timeout(local_server: LiveSe
     # Let the server log its side of the hang-up first: Python 3.11's traceback formatting and pytest's
     # source parsing race on the ast module's state when they run in two threads at once.
     time.sleep(0.5)
-    assert closed, f"a slow-{what} client still holds its connection after {HOLD_S} s"
+    assert closed, f"a slow-headers client still holds its connection after {HOLD_S} s"
 
 
 def _push_blindly(live: LiveServer, path: str, headers: dict[str, str], total: int, chunked: bool) -> tuple[int, bytes]:

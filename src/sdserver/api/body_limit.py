@@ -1,14 +1,17 @@
-"""Refuses oversized request bodies early: by Content-Length before reading, by counting while streaming."""
+"""Refuses oversized request bodies early (by Content-Length before reading, by counting while streaming) and
+bodies that arrive too slowly (one deadline for the whole body, so a trickling client cannot hold a slot)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdserver.api.replies import error_response
 from sdserver.config import Settings
-from sdserver.errors import BodyTooLargeError
+from sdserver.errors import BodyTooLargeError, BodyTooSlowError
 
 
 class BodyLimitMiddleware:
@@ -32,10 +35,16 @@ class BodyLimitMiddleware:
 
         received = 0
         too_large = False
+        too_slow = False
+        deadline = time.monotonic() + self.settings.body_read_timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal received, too_large
-            message = await receive()
+            nonlocal received, too_large, too_slow
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                too_slow = True
+                raise _BodyTooSlow() from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
@@ -47,11 +56,16 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, send)
         except _BodyTooLarge:
             await self._refuse(scope, receive, send, limit)
+        except _BodyTooSlow:
+            await self._refuse_slow(scope, receive, send)
         except Exception:
-            # Frameworks may wrap our signal in their own error; the flag tells us what really happened.
-            if not too_large:
+            # Frameworks may wrap our signal in their own error; the flags tell us what really happened.
+            if too_large:
+                await self._refuse(scope, receive, send, limit)
+            elif too_slow:
+                await self._refuse_slow(scope, receive, send)
+            else:
                 raise
-            await self._refuse(scope, receive, send, limit)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         error = BodyTooLargeError(f"Request body is larger than the {limit} byte limit")
@@ -60,8 +74,19 @@ class BodyLimitMiddleware:
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
 
+    async def _refuse_slow(self, scope: Scope, receive: Receive, send: Send) -> None:
+        seconds = self.settings.body_read_timeout_s
+        error = BodyTooSlowError(f"Request body did not arrive within {seconds:g} seconds")
+        response = error_response(scope["path"], error, self.settings)
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
+
 
 class _BodyTooLarge(Exception):
+    pass
+
+
+class _BodyTooSlow(Exception):
     pass
 
 

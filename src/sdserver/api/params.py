@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from sdserver.errors import ValidationError
 
@@ -29,9 +30,22 @@ async def read_params(request: Request) -> RequestParams:
     if isinstance(cached, RequestParams):
         return cached
     values: dict[str, Any] = dict(request.query_params)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        body, files = await _read_body(request, content_type)
+    except ClientDisconnect:
+        # Nobody will read the answer; an SdError is answered quietly instead of logged as a server error.
+        raise ValidationError.for_field("body", "must arrive complete", "the client disconnected") from None
+    values.update(body)
+    key = body.get("key")
+    params = RequestParams(values=values, body_key=key if isinstance(key, str) and key else None, files=files)
+    request.state.params = params
+    return params
+
+
+async def _read_body(request: Request, content_type: str) -> tuple[dict[str, Any], dict[str, UploadFile]]:
     body: dict[str, Any] = {}
     files: dict[str, UploadFile] = {}
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in _FORM_TYPES:
         form = await request.form()
         for name, item in form.multi_items():
@@ -43,11 +57,7 @@ async def read_params(request: Request) -> RequestParams:
         raw = await request.body()
         if raw.strip():
             body = _parse_json_object(raw)
-    values.update(body)
-    key = body.get("key")
-    params = RequestParams(values=values, body_key=key if isinstance(key, str) and key else None, files=files)
-    request.state.params = params
-    return params
+    return body, files
 
 
 def _parse_json_object(raw: bytes) -> dict[str, Any]:

@@ -30,6 +30,7 @@ _TABLE: dict[str, ErrorReply] = {
     errors.ForbiddenError.code: ErrorReply(403, "Forbidden"),
     errors.ValidationError.code: ErrorReply(400, "invalid_request"),
     errors.BodyTooLargeError.code: ErrorReply(413, "parse_error"),
+    errors.BodyTooSlowError.code: ErrorReply(408, "request_timeout"),
     errors.MissingFileError.code: ErrorReply(400, "invalid_file"),
     errors.ImageError.code: ErrorReply(400, "invalid_file"),
     errors.NotBase64Error.code: ErrorReply(400, "invalid_file"),

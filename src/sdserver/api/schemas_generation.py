@@ -166,6 +166,32 @@ class GenerationParams:
     base64: bool
     temp: bool
 
+    def job_params(self) -> dict[str, Any]:
+        """What the worker needs to run the job (every generation kind, ControlNet too); callers add the input
+        image keys, `fetch_prefix` and `meta`."""
+        params: dict[str, Any] = {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "num_inference_steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "seed": self.seed,
+            "samples": self.samples,
+            "use_karras_sigmas": self.use_karras_sigmas,
+            "algorithm_type": self.algorithm_type,
+            "clip_skip": self.clip_skip,
+            "lora_models": [lora for lora, _ in self.loras],
+            "lora_strengths": [strength for _, strength in self.loras],
+            "vae": self.vae,
+            "embeddings": list(self.embeddings),
+            "tomesd": self.tomesd,
+            "safety_checker": self.safety_checker,
+            "safety_checker_type": self.safety_checker_type,
+            "base64": self.base64,
+        }
+        if self.strength is not None:
+            params["strength"] = self.strength
+        return params
+
     def meta(self) -> dict[str, Any]:
         return {
             "prompt": self.prompt,

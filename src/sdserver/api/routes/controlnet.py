@@ -93,28 +93,7 @@ def _job_params(
         if value is not None:
             # URLs are echoed; inline image data would bloat every reply.
             meta[field] = value if value.startswith("http") else "<base64>"
-    return {
-        "prompt": resolved.prompt,
-        "negative_prompt": resolved.negative_prompt,
-        "num_inference_steps": resolved.steps,
-        "guidance_scale": resolved.guidance_scale,
-        "seed": resolved.seed,
-        "samples": resolved.samples,
-        "use_karras_sigmas": resolved.use_karras_sigmas,
-        "algorithm_type": resolved.algorithm_type,
-        "clip_skip": resolved.clip_skip,
-        "lora_models": [lora for lora, _ in resolved.loras],
-        "lora_strengths": [strength for _, strength in resolved.loras],
-        "vae": resolved.vae,
-        "embeddings": list(resolved.embeddings),
-        "tomesd": resolved.tomesd,
-        "safety_checker": resolved.safety_checker,
-        "safety_checker_type": resolved.safety_checker_type,
-        "base64": resolved.base64,
-        "fetch_prefix": family_prefix(path),
-        "meta": meta,
-        **control.job_params(),
-    }
+    return resolved.job_params() | {"fetch_prefix": family_prefix(path), "meta": meta} | control.job_params()
 
 
 def _register() -> None:

@@ -67,30 +67,7 @@ def _job_params(resolved: GenerationParams, body: Text2ImgRequest, path: str) ->
     meta = resolved.meta()
     if isinstance(body, Img2ImgRequest):
         meta["init_image"] = body.init_image if body.init_image.startswith("http") else "<base64>"
-    params: dict[str, Any] = {
-        "prompt": resolved.prompt,
-        "negative_prompt": resolved.negative_prompt,
-        "num_inference_steps": resolved.steps,
-        "guidance_scale": resolved.guidance_scale,
-        "seed": resolved.seed,
-        "samples": resolved.samples,
-        "use_karras_sigmas": resolved.use_karras_sigmas,
-        "algorithm_type": resolved.algorithm_type,
-        "clip_skip": resolved.clip_skip,
-        "lora_models": [lora for lora, _ in resolved.loras],
-        "lora_strengths": [strength for _, strength in resolved.loras],
-        "vae": resolved.vae,
-        "embeddings": list(resolved.embeddings),
-        "tomesd": resolved.tomesd,
-        "safety_checker": resolved.safety_checker,
-        "safety_checker_type": resolved.safety_checker_type,
-        "base64": resolved.base64,
-        "fetch_prefix": family_prefix(path),
-        "meta": meta,
-    }
-    if resolved.strength is not None:
-        params["strength"] = resolved.strength
-    return params
+    return resolved.job_params() | {"fetch_prefix": family_prefix(path), "meta": meta}
 
 
 async def _generate(

@@ -240,6 +240,8 @@ def _register() -> None:
         methods=["GET"],
         summary="Prometheus metrics (admin key, or an address in metrics_allowlist)",
         tags=["metrics"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Metrics"}},
     )
 
 
