@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import shutil
 import sys
@@ -76,7 +77,8 @@ def run_all(names: list[str], ctx: RunContext) -> list[dict[str, Any]]:
         for resource, users in RESOURCE_USERS.items():
             if resource in ctx.cache and not users & later:
                 ctx.drop(resource)
-        print(f"{name}: done in {entry['seconds']} s", flush=True)
+        # Printed as it lands, so a run stopped part-way still leaves every finished figure in its log.
+        print(f"{name}: done in {entry['seconds']} s: {json.dumps(entry, default=str)}", flush=True)
         results.append(entry)
     return results
 
