@@ -7,7 +7,6 @@ alias from the server's table fails here.
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,9 @@ import pytest
 
 from sdserver.auth import Role
 from sdserver.jobs import JobKind
-from sdserver.worker.loop import Worker
 from sdserver.worker.test_engine import TestEngine
 from tests.support.image_files import png_bytes
-from tests.support.live_server import LiveServer, make_settings, run_server
+from tests.support.live_server import LiveServer, make_settings, run_server, worker_thread
 
 # (path, job kind it must create, prefix whose fetch the reply links to)
 GENERATION_ALIASES: list[tuple[str, JobKind, str]] = [
@@ -77,17 +75,8 @@ def spine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One live API plus a worker thread on the test engine, shared by the walk (it only adds jobs)."""
     tmp_path: Path = tmp_path_factory.mktemp("aliases")
     settings = make_settings(tmp_path, engines=["test"], sync_wait_s=5.0, worker_poll_s=0.05)
-    with run_server(settings) as live:
-        services = live.services
-        worker = Worker(services.settings, services.jobs, services.store, [TestEngine()], "alias-worker")
-        stop = threading.Event()
-        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-        thread.start()
-        try:
-            yield live
-        finally:
-            stop.set()
-            thread.join(timeout=15)
+    with run_server(settings) as live, worker_thread(live, [TestEngine()], "alias-worker"):
+        yield live
 
 
 @pytest.fixture(scope="module")

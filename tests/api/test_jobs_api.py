@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +13,8 @@ import pytest
 
 from sdserver.api.aliases import PREFIXES
 from sdserver.auth import Role
-from sdserver.worker.loop import Worker
 from sdserver.worker.test_engine import TestEngine
-from tests.support.live_server import LiveServer, make_settings, run_server
+from tests.support.live_server import LiveServer, make_settings, run_server, worker_thread
 
 TEXT2IMG = "/api/v1/enterprise/text2img"
 
@@ -33,20 +32,10 @@ def spine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer
     marker = request.node.get_closest_marker("settings")
     overrides = {**SPINE_SETTINGS, **(marker.kwargs if marker else {})}
     with_worker = overrides.pop("with_worker", True)
-    with run_server(make_settings(tmp_path, **overrides)) as live:
-        stop = threading.Event()
-        thread = None
+    with run_server(make_settings(tmp_path, **overrides)) as live, contextlib.ExitStack() as stack:
         if with_worker:
-            services = live.services
-            worker = Worker(services.settings, services.jobs, services.store, [TestEngine()], "test-worker")
-            thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-            thread.start()
-        try:
-            yield live
-        finally:
-            stop.set()
-            if thread is not None:
-                thread.join(timeout=15)
+            stack.enter_context(worker_thread(live, [TestEngine()], "test-worker"))
+        yield live
 
 
 @pytest.fixture

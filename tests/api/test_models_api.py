@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +17,9 @@ from safetensors.numpy import save as save_safetensors
 from sdserver.auth import Role
 from sdserver.jobs import JobStatus
 from sdserver.model_registry import ModelKind, ModelState
-from sdserver.worker.loop import Worker
 from sdserver.worker.model_loader import ModelLoaderEngine
 from tests.support.http_host import HttpHost, Reply
-from tests.support.live_server import LiveServer, make_settings, run_server
+from tests.support.live_server import LiveServer, make_settings, run_server, worker_thread
 
 V1 = "/api/v1/enterprise"
 SETTINGS: dict[str, Any] = {
@@ -38,21 +37,11 @@ def models_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Li
     marker = request.node.get_closest_marker("settings")
     overrides = {**SETTINGS, **(marker.kwargs if marker else {})}
     with_worker = overrides.pop("with_worker", True)
-    with run_server(make_settings(tmp_path, **overrides)) as live:
-        stop = threading.Event()
-        thread = None
+    with run_server(make_settings(tmp_path, **overrides)) as live, contextlib.ExitStack() as stack:
         if with_worker:
-            services = live.services
-            engine = ModelLoaderEngine(services.settings, services.registry)
-            worker = Worker(services.settings, services.jobs, services.store, [engine], "models-worker")
-            thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-            thread.start()
-        try:
-            yield live
-        finally:
-            stop.set()
-            if thread is not None:
-                thread.join(timeout=15)
+            engine = ModelLoaderEngine(live.services.settings, live.services.registry)
+            stack.enter_context(worker_thread(live, [engine], "models-worker"))
+        yield live
 
 
 @pytest.fixture

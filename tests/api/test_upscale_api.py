@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +16,9 @@ from PIL import Image
 from sdserver.api.aliases import SUPER_RESOLUTION_LIST_PATHS, SUPER_RESOLUTION_STRING_PATHS
 from sdserver.auth import Role
 from sdserver.worker.engine import build_engines
-from sdserver.worker.loop import Worker
 from tests.support.esrgan_weights import write_official_weights
 from tests.support.image_files import png_bomb, png_bytes
-from tests.support.live_server import LiveServer, make_settings, run_server
+from tests.support.live_server import LiveServer, make_settings, run_server, worker_thread
 
 SR = "/api/v1/enterprise/super_resolution"
 
@@ -46,17 +44,8 @@ def upscaler(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveSer
     write_official_weights(weights, "RealESRGAN_x2plus", "params_ema")
     with run_server(make_settings(tmp_path, **overrides)) as live:
         services = live.services
-        worker = Worker(
-            services.settings, services.jobs, services.store, build_engines(services.settings, services.store), "w1"
-        )
-        stop = threading.Event()
-        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-        thread.start()
-        try:
+        with worker_thread(live, build_engines(services.settings, services.store), "w1", join_s=30.0):
             yield live
-        finally:
-            stop.set()
-            thread.join(timeout=30)
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from sdserver.api.app import create_app
 from sdserver.api.services import Services
 from sdserver.auth import Role
 from sdserver.config import Settings
+from sdserver.worker.engine import Engine
+from sdserver.worker.loop import Worker
 
 
 def free_port() -> int:
@@ -62,3 +64,18 @@ def run_server(settings: Settings) -> Iterator[LiveServer]:
         server.should_exit = True
         thread.join(timeout=10)
         app.state.services.engine.dispose()
+
+
+@contextmanager
+def worker_thread(live: LiveServer, engines: list[Engine], worker_id: str, join_s: float = 15.0) -> Iterator[None]:
+    """A real worker loop on the live server's store, in a background thread, stopped on exit."""
+    services = live.services
+    worker = Worker(services.settings, services.jobs, services.store, engines, worker_id)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=join_s)

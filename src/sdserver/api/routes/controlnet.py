@@ -10,16 +10,15 @@ from sdserver.api.aliases import CONTROLNET_PATHS, family_prefix
 from sdserver.api.client_images import store_client_image
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import validate_request
-from sdserver.api.job_flow import allocate_outputs, run_job
-from sdserver.api.routes.generation import check_addons_exist
+from sdserver.api.job_flow import allocate_outputs
+from sdserver.api.routes.generation import check_addons_exist, model_id_for, submit_generation
 from sdserver.api.schemas import openapi_body
 from sdserver.api.schemas_controlnet import ControlNetParams, ControlNetRequest, resolve_controlnet
 from sdserver.api.schemas_generation import GenerationParams
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
 from sdserver.engines.diffusion.models import AddonKind, find_addon, models_dir_for
-from sdserver.errors import ModelNotFoundError, ValidationError
-from sdserver.jobs import JobKind, JobSpec
+from sdserver.jobs import JobKind
 
 router = APIRouter(tags=["generation"])
 
@@ -36,38 +35,14 @@ async def controlnet(request: Request, services: ServicesDep, caller: CallerDep,
     models_dir = models_dir_for(services.settings.data_dir)
     resolved, control = resolve_controlnet(
         body,
-        model_id=_model_id(services, body.model_id),
+        model_id=model_id_for(services, body.model_id),
         controlnet_exists=lambda controlnet_id: find_addon(models_dir, AddonKind.CONTROLNET, controlnet_id) is not None,
         enhance_suffix=services.settings.enhance_prompt_suffix,
     )
     check_addons_exist(services, resolved)
     job_params = _job_params(resolved, control, body, request.url.path) | await _input_keys(services, body, caller)
     keys, links = allocate_outputs(services, resolved.samples, temp=resolved.temp)
-    spec = JobSpec(
-        owner_key_id=caller.id,
-        kind=JobKind.CONTROLNET,
-        model_id=resolved.model_id,
-        params=job_params,
-        output_keys=keys,
-        future_links=links,
-        width=resolved.width,
-        height=resolved.height,
-        steps=resolved.steps,
-        scheduler=resolved.scheduler,
-        webhook_url=resolved.webhook,
-        track_id=resolved.track_id,
-        max_attempts=services.settings.job_max_attempts,
-    )
-    return await run_job(services, spec, instant_response=resolved.instant_response)
-
-
-def _model_id(services: Services, requested: str | None) -> str:
-    model_id = requested or services.settings.default_model_id
-    if not model_id:
-        raise ValidationError.for_field("model_id", "is required (no default model is configured)", requested)
-    if not services.models.exists(model_id):
-        raise ModelNotFoundError()
-    return model_id
+    return await submit_generation(services, caller, JobKind.CONTROLNET, resolved, job_params, (keys, links))
 
 
 async def _input_keys(services: Services, body: ControlNetRequest, caller: ApiKey) -> dict[str, str]:

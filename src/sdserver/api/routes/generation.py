@@ -30,7 +30,8 @@ from sdserver.jobs import JobKind, JobSpec
 router = APIRouter(tags=["generation"])
 
 
-def _model_id(services: Services, requested: str | None) -> str:
+def model_id_for(services: Services, requested: str | None) -> str:
+    """The model a generation request runs on (the configured default when it names none); it must exist."""
     model_id = requested or services.settings.default_model_id
     if not model_id:
         raise ValidationError.for_field("model_id", "is required (no default model is configured)", requested)
@@ -76,7 +77,7 @@ async def _generate(
     body = validate_request(schema, values)
     resolved = resolve_generation(
         body,
-        model_id=_model_id(services, body.model_id),
+        model_id=model_id_for(services, body.model_id),
         enhance_suffix=services.settings.enhance_prompt_suffix,
     )
     check_addons_exist(services, resolved)
@@ -84,6 +85,19 @@ async def _generate(
     params = _job_params(resolved, body, request.url.path) | await _input_keys(services, body, caller)
     # The vendor's meta names the output files by a shared prefix; ours is the first output's unique name.
     params["meta"]["file_prefix"] = PurePosixPath(keys[0]).stem if keys else None
+    return await submit_generation(services, caller, kind, resolved, params, (keys, links))
+
+
+async def submit_generation(
+    services: Services,
+    caller: ApiKey,
+    kind: JobKind,
+    resolved: GenerationParams,
+    params: dict[str, Any],
+    outputs: tuple[tuple[str, ...], tuple[str, ...]],
+) -> dict[str, Any]:
+    """Queue a generation job (any kind, ControlNet too) with its allocated outputs and answer as the spine does."""
+    keys, links = outputs
     spec = JobSpec(
         owner_key_id=caller.id,
         kind=kind,

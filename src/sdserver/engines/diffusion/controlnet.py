@@ -357,13 +357,7 @@ def _meta(
     control: ControlNetInputs,
     mode: str,
 ) -> dict[str, Any]:
-    return {
-        "seed": inputs.seed,
-        "scheduler": choice.class_name,
-        "use_karras_sigmas": "yes" if choice.use_karras_sigmas else "no",
-        "algorithm_type": choice.algorithm_type,
-        "precision": model.placement.precision,
-        "clip_skip": skip + 1 if skip is not None else inputs.clip_skip,
+    return pipelines.run_meta(inputs, choice, model, skip) | {
         "controlnet_mode": mode,
         "controlnet_model": ",".join(control.models),
         "controlnet_type": ",".join(kind or "" for kind in control.types),

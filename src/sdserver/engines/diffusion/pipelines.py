@@ -133,7 +133,7 @@ def run_job(
             inputs, addons, skip, from_image=init is not None, tome=addon_meta["tomesd"] == "yes"
         ),
     )
-    meta = _meta(inputs, choice, model, skip) | addon_meta | finished.meta
+    meta = run_meta(inputs, choice, model, skip) | addon_meta | finished.meta
     return EngineOutput(images=finished.images, meta=meta)
 
 
@@ -207,7 +207,8 @@ def common_kwargs(inputs: JobInputs, ctx: StepContext) -> dict[str, Any]:
     }
 
 
-def _meta(inputs: JobInputs, choice: SchedulerChoice, model: LoadedModel, skip: int | None) -> dict[str, Any]:
+def run_meta(inputs: JobInputs, choice: SchedulerChoice, model: LoadedModel, skip: int | None) -> dict[str, Any]:
+    """What every generation reports in `meta` about the run: seed, scheduler, precision, clip skip."""
     return {
         "seed": inputs.seed,
         "scheduler": choice.class_name,
