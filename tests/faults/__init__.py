@@ -1,0 +1,1 @@
+"""Fault tests: real processes killed, databases and object stores taken away mid-work."""
