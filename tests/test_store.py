@@ -426,6 +426,27 @@ def test_affinity_prefers_held_model_without_starving_others(store: JobStore, db
     assert [job.id for job in store.claim("w", **claim_b)] == [new_b.id]
 
 
+def test_idle_workers_spread_over_models_and_peers_keep_their_models(store: JobStore, db: Db) -> None:
+    for worker in ("w1", "w2"):
+        store.register_worker(worker, device="cpu", engines=["test"])
+    a_jobs = [store.submit(make_spec(model_id="A")) for _ in range(3)]
+    b_jobs = [store.submit(make_spec(model_id="B")) for _ in range(3)]
+    # w1 takes the oldest (A) and is recorded as holding A at once; idle w2 goes for B, not a second copy of A.
+    assert [job.id for job in store.claim("w1", lease_s=LEASE)] == [a_jobs[0].id]
+    assert store.live_workers(within_s=60)[0].held_models == ("A",)
+    assert [job.id for job in store.claim("w2", lease_s=LEASE)] == [b_jobs[0].id]
+    # Past the starvation limit, w2 (holding B) still leaves A's old jobs to w1, which holds A ...
+    db.clock.advance(31)
+    for worker in ("w1", "w2"):
+        store.worker_heartbeat(worker, held_models=["A" if worker == "w1" else "B"])
+    assert [job.id for job in store.claim("w2", held_models=["B"], lease_s=LEASE)] == [b_jobs[1].id]
+    assert [job.id for job in store.claim("w1", held_models=["A"], lease_s=LEASE)] == [a_jobs[1].id]
+    # ... but once w1 is gone (not seen within the window), A's starving job is w2's next claim.
+    db.clock.advance(31)
+    store.worker_heartbeat("w2", held_models=["B"])
+    assert [job.id for job in store.claim("w2", held_models=["B"], lease_s=LEASE)] == [a_jobs[2].id]
+
+
 def test_batch_claims_only_jobs_with_the_same_signature(store: JobStore) -> None:
     kinds = ["x", "y", "x", "y", "x", "x", "x"]
     submitted = [store.submit(make_spec(scheduler=k)) for k in kinds]

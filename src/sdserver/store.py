@@ -20,7 +20,7 @@ from sdserver.store_eta import estimate_eta
 from sdserver.store_events import CHANGE_CHANNEL, WORK_CHANNEL, PgWakeups, notify
 from sdserver.store_outbox import WebhookDelivery, claim_due, enqueue_delivery, record_attempt
 from sdserver.store_tables import dump_json, job_from_row, jobs, row_for_spec, to_db_time, workers
-from sdserver.store_workers import WorkerInfo, upsert_worker, workers_seen_since
+from sdserver.store_workers import WorkerInfo, models_held_by_peers, note_held_models, upsert_worker, workers_seen_since
 
 __all__ = ["JobStore", "WebhookDelivery", "WorkerInfo"]
 
@@ -170,16 +170,20 @@ class JobStore:
         lease_s: float,
         max_batch: int = 1,
         affinity_max_wait_s: float = 30.0,
+        peers_seen_within_s: float = 30.0,
     ) -> list[Job]:
         if (kinds is not None and not kinds) or (models is not None and not models) or max_batch < 1:
             return []
         now = self._now()
         where = claimable(kinds, models)
         with self._write() as conn:
-            head = pick_head(conn, where, held_models, now - timedelta(seconds=affinity_max_wait_s))
+            peers_hold = models_held_by_peers(conn, worker_id, now - timedelta(seconds=peers_seen_within_s))
+            head = pick_head(conn, where, held_models, now - timedelta(seconds=affinity_max_wait_s), peers_hold)
             if head is None:
                 return []
-            head_id, signature = head
+            head_id, signature, head_model = head
+            # Peers see at once which model this worker is about to load, not only after its next heartbeat.
+            note_held_models(conn, worker_id, {*held_models, head_model})
             ids = [head_id]
             if max_batch > 1:
                 ids += batch_mates(conn, head_id, signature, max_batch - 1)

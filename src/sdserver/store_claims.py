@@ -23,23 +23,32 @@ def claimable(kinds: Collection[JobKind] | None, models: Collection[str] | None)
 
 
 def pick_head(
-    conn: Connection, where: list[sa.ColumnElement[bool]], held_models: Collection[str], starved_before: datetime
-) -> tuple[int, str] | None:
-    """Lock the job to run next and return its (id, batch signature), or None.
+    conn: Connection,
+    where: list[sa.ColumnElement[bool]],
+    held_models: Collection[str],
+    starved_before: datetime,
+    peers_hold: Collection[str] = (),
+) -> tuple[int, str, str] | None:
+    """Lock the job to run next and return its (id, batch signature, model id), or None.
 
-    With models held: the oldest job that waited past the affinity limit (a loaded model must never starve
-    another model's users), else the oldest job for a held model, else the oldest job. Each step is an
+    In order: with models held, the oldest job that waited past the affinity limit and whose model no live peer
+    holds (a loaded model must never starve another model's users; a peer holding that model serves it by
+    affinity anyway); the oldest job for a held model; the oldest job for a model no peer holds (so idle
+    workers spread over models instead of all loading the first one); the oldest job. Each step is an
     index-ordered scan that stops at its first row, and only the row taken is locked (PostgreSQL skips rows
     another claimer holds; SQLite claims are serialised by the write lock).
     """
+    not_held_by_peers: list[sa.ColumnElement[bool]] = [jobs.c.model_id.not_in(list(peers_hold))] if peers_hold else []
     steps: list[list[sa.ColumnElement[bool]]] = []
     if held_models:
-        steps.append([jobs.c.created_at <= starved_before])
+        steps.append([jobs.c.created_at <= starved_before, *not_held_by_peers])
         steps.append([jobs.c.model_id.in_(list(held_models))])
+    if not_held_by_peers:
+        steps.append(not_held_by_peers)
     steps.append([])
     for extra in steps:
         query = (
-            sa.select(jobs.c.id, jobs.c.batch_signature)
+            sa.select(jobs.c.id, jobs.c.batch_signature, jobs.c.model_id)
             .where(*where, *extra)
             .order_by(jobs.c.created_at, jobs.c.id)
             .limit(1)
@@ -47,7 +56,7 @@ def pick_head(
         )
         head = conn.execute(query).first()
         if head is not None:
-            return int(head.id), str(head.batch_signature)
+            return int(head.id), str(head.batch_signature), str(head.model_id)
     return None
 
 

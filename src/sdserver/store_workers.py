@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from sdserver.store_tables import load_strings, stored_time, workers
+from sdserver.store_tables import dump_json, load_strings, stored_time, workers
 
 
 @dataclass(frozen=True)
@@ -45,3 +46,16 @@ def workers_seen_since(conn: Connection, since: datetime) -> list[WorkerInfo]:
         )
         for row in conn.execute(query)
     ]
+
+
+def models_held_by_peers(conn: Connection, worker_id: str, since: datetime) -> set[str]:
+    """Models loaded in the other workers seen since `since` (claims spread over them, see store_claims)."""
+    query = sa.select(workers.c.held_models).where(workers.c.last_seen >= since, workers.c.worker_id != worker_id)
+    return {model for held in conn.execute(query).scalars() for model in load_strings(held)}
+
+
+def note_held_models(conn: Connection, worker_id: str, held_models: Collection[str]) -> None:
+    """Record what a worker holds (or is about to load) without waiting for its next heartbeat; no row, no-op."""
+    conn.execute(
+        sa.update(workers).where(workers.c.worker_id == worker_id).values(held_models=dump_json(sorted(held_models)))
+    )
