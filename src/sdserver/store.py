@@ -16,7 +16,7 @@ from sdserver.database import utcnow
 from sdserver.errors import LeaseLostError, NotFoundError
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus, WebhookStatus, can_transition
 from sdserver.store_claims import batch_mates, claimable, pick_head
-from sdserver.store_eta import estimate_eta
+from sdserver.store_eta import Estimate, estimate
 from sdserver.store_events import CHANGE_CHANNEL, WORK_CHANNEL, PgWakeups, notify
 from sdserver.store_outbox import WebhookDelivery, claim_due, enqueue_delivery, record_attempt
 from sdserver.store_tables import dump_json, job_from_row, jobs, row_for_spec, to_db_time, workers
@@ -120,20 +120,18 @@ class JobStore:
         with self._engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
-    def queue_position(self, job: Job) -> int | None:
-        if job.status is not JobStatus.QUEUED:
-            return None
-        created = to_db_time(job.created_at)
-        ahead = sa.or_(jobs.c.created_at < created, sa.and_(jobs.c.created_at == created, jobs.c.id < job.id))
-        query = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == JobStatus.QUEUED.value, ahead)
+    def estimate(self, job: Job) -> Estimate:
+        """Queue position and ETA of `job`, read in one connection."""
+        if job.status.is_terminal:
+            return Estimate(None, 0)
         with self._engine.connect() as conn:
-            return int(conn.execute(query).scalar_one()) + 1
+            return estimate(conn, job, now=self._now())
+
+    def queue_position(self, job: Job) -> int | None:
+        return self.estimate(job).position
 
     def eta_seconds(self, job: Job) -> int:
-        if job.status.is_terminal:
-            return 0
-        with self._engine.connect() as conn:
-            return estimate_eta(conn, job, now=self._now())
+        return self.estimate(job).eta_s
 
     # --- worker registry
 

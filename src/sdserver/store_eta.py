@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -63,24 +64,34 @@ class SpeedBook:
         return float(statistics.median(scaled))
 
 
-def estimate_eta(conn: Connection, job: Job, *, now: datetime) -> int:
-    """Whole seconds until `job` is likely done; 0 for a finished job, at least 1 otherwise."""
+@dataclass(frozen=True)
+class Estimate:
+    """Where a job stands: its place in the queue (None unless queued) and whole seconds until it is done."""
+
+    position: int | None
+    eta_s: int
+
+
+def estimate(conn: Connection, job: Job, *, now: datetime) -> Estimate:
+    """Queue position and ETA of `job` in one pass; 0 s for a finished job, at least 1 s otherwise."""
     if job.status.is_terminal:
-        return 0
+        return Estimate(None, 0)
     speeds = SpeedBook(conn)
     own = speeds.job_seconds(job.model_id, job.width, job.height, job.steps)
     if job.status is JobStatus.RUNNING:
-        return max(1, math.ceil(own * (1.0 - _progress(job.progress_step, job.progress_total))))
-    backlog = _queued_ahead_seconds(conn, job, speeds) + _running_seconds(conn, speeds)
+        return Estimate(None, max(1, math.ceil(own * (1.0 - _progress(job.progress_step, job.progress_total)))))
+    ahead, ahead_s = _queued_ahead(conn, job, speeds)
+    backlog = ahead_s + _running_seconds(conn, speeds)
     live = conn.execute(
         sa.select(sa.func.count())
         .select_from(workers)
         .where(workers.c.last_seen >= to_db_time(now - timedelta(seconds=LIVE_WORKER_S)))
     ).scalar_one()
-    return max(1, math.ceil(backlog / max(1, int(live)) + own))
+    return Estimate(ahead + 1, max(1, math.ceil(backlog / max(1, int(live)) + own)))
 
 
-def _queued_ahead_seconds(conn: Connection, job: Job, speeds: SpeedBook) -> float:
+def _queued_ahead(conn: Connection, job: Job, speeds: SpeedBook) -> tuple[int, float]:
+    """How many queued jobs are ahead of `job`, and the seconds they will take."""
     created = to_db_time(job.created_at)
     ahead = sa.or_(jobs.c.created_at < created, sa.and_(jobs.c.created_at == created, jobs.c.id < job.id))
     # Grouped, so a long queue costs one row per model and size, not one per job.
@@ -89,12 +100,14 @@ def _queued_ahead_seconds(conn: Connection, job: Job, speeds: SpeedBook) -> floa
             jobs.c.model_id,
             jobs.c.width,
             jobs.c.height,
+            sa.func.count().label("jobs"),
             sa.func.sum(sa.case((jobs.c.steps > 0, jobs.c.steps), else_=1)).label("steps"),
         )
         .where(jobs.c.status == JobStatus.QUEUED.value, ahead)
         .group_by(jobs.c.model_id, jobs.c.width, jobs.c.height)
     ).all()
-    return sum(speeds.job_seconds(g.model_id, g.width, g.height, int(g.steps)) for g in groups)
+    count = sum(int(g.jobs) for g in groups)
+    return count, sum(speeds.job_seconds(g.model_id, g.width, g.height, int(g.steps)) for g in groups)
 
 
 def _running_seconds(conn: Connection, speeds: SpeedBook) -> float:

@@ -61,8 +61,7 @@ async def render_job(services: Services, job: Job) -> dict[str, Any]:
     if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
         return failed_body(job)
 
-    def position_and_eta() -> tuple[int | None, int]:
-        return services.jobs.queue_position(job), services.jobs.eta_seconds(job)
-
-    position, eta = await run_in_threadpool(position_and_eta)
-    return processing_body(job, base_url=services.settings.external_base_url, eta_s=eta, position=position)
+    estimate = await run_in_threadpool(services.jobs.estimate, job)
+    return processing_body(
+        job, base_url=services.settings.external_base_url, eta_s=estimate.eta_s, position=estimate.position
+    )
