@@ -48,6 +48,10 @@ server_state = sa.Table(
 )
 
 
+_POOL_SIZE = 20
+_POOL_OVERFLOW = 40
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -57,9 +61,15 @@ def create_db_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         # Plain postgresql:// would pick psycopg2, which we do not ship; psycopg 3 is the driver.
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "future": True}
+    # The API runs handlers on up to 40 threads: a pool smaller than that would open and close a connection (and
+    # on SQLite re-run its PRAGMAs) for every request beyond it.
+    kwargs: dict[str, Any] = {"future": True, "pool_size": _POOL_SIZE, "max_overflow": _POOL_OVERFLOW}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        # A server restart leaves dead connections in the pool; a ping on checkout replaces them. A SQLite file
+        # cannot go away like that, and the ping would cost a query per checkout.
+        kwargs["pool_pre_ping"] = True
     engine = sa.create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)

@@ -131,6 +131,13 @@ class StorageError(SdError):
     default_message = "The object store is unavailable; nothing was stored, try again"
 
 
+class StoreUnavailableError(SdError):
+    """The job database did not answer (down, restarting, out of connections): the client should retry."""
+
+    code = "store_unavailable"
+    default_message = "The job database is unavailable (it may be restarting); try again shortly"
+
+
 class LeaseLostError(SdError):
     """A worker acted on a job it no longer owns (its lease expired and the job was claimed again)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import hmac
 import os
@@ -254,8 +255,13 @@ class LocalObjectStore:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    """Readers see the old file or the whole new one, never a torn write."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    """Readers see the old file or the whole new one, never a torn write.
+
+    A writer killed mid-write (SIGKILL, power loss) leaves its temp file behind; the next write of the same key
+    (the job's retry) removes it. Every writer of a key writes the same object (one job's output, one upload).
+    """
+    prefix = f".{path.name}."
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
             # mkstemp makes 0600; objects are public by URL and may be served by a proxy running as another user.
@@ -263,11 +269,20 @@ def _write_atomically(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        try:
+            os.replace(tmp_name, path)
+        except FileNotFoundError:
+            # Another writer of this key (a worker whose lease ran out) put it in place first and took ours
+            # for a leftover: the object is whole either way.
+            if not path.is_file():
+                raise
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*.part"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
 
 
 def create_object_store(settings: Settings, *, signing_secret: bytes) -> ObjectStore:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -19,15 +18,11 @@ from sdserver.store_claims import batch_mates, claimable, pick_head
 from sdserver.store_eta import Estimate, estimate
 from sdserver.store_events import CHANGE_CHANNEL, WORK_CHANNEL, PgWakeups, notify
 from sdserver.store_outbox import WebhookDelivery, claim_due, enqueue_delivery, record_attempt
+from sdserver.store_sqlite_watch import SqliteChangeWatch
 from sdserver.store_tables import dump_json, job_from_row, jobs, row_for_spec, to_db_time, workers
 from sdserver.store_workers import WorkerInfo, models_held_by_peers, note_held_models, upsert_worker, workers_seen_since
 
 __all__ = ["JobStore", "WebhookDelivery", "WorkerInfo"]
-
-# SQLite cannot push wake-ups across processes, so waiters poll: workers for new work, API requests
-# (which answer as soon as their job ends) a little faster.
-_SQLITE_WORK_POLL_S = 0.2
-_SQLITE_CHANGE_POLL_S = 0.05
 
 
 class JobStore:
@@ -42,14 +37,18 @@ class JobStore:
         self._clock = clock
         self._sqlite = engine.dialect.name == "sqlite"
         self._wakeups: PgWakeups | None = None
+        # SQLite cannot push wake-ups across processes: one watcher thread per store polls for commits instead.
+        self._sqlite_watch = SqliteChangeWatch(engine) if self._sqlite else None
         if not self._sqlite:
             dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
             self._wakeups = PgWakeups(dsn)
 
     def close(self) -> None:
-        """Stop the wake-up listener (PostgreSQL); the engine stays open for its owner to dispose."""
+        """Stop the wake-up listener or watcher; the engine stays open for its owner to dispose."""
         if self._wakeups is not None:
             self._wakeups.close()
+        if self._sqlite_watch is not None:
+            self._sqlite_watch.close()
 
     # --- API side
 
@@ -365,14 +364,15 @@ class JobStore:
     def wait_for_work(self, timeout_s: float) -> None:
         if self._wakeups is not None:
             self._wakeups.wait_for_work(timeout_s)
-        elif timeout_s > 0:
-            time.sleep(min(timeout_s, _SQLITE_WORK_POLL_S))
+        elif self._sqlite_watch is not None:
+            self._sqlite_watch.wait(timeout_s)
 
     def wait_for_job_change(self, job_id: int, timeout_s: float) -> None:
+        """Return when `job_id` may have changed (on SQLite: when anything was committed), or after the timeout."""
         if self._wakeups is not None:
             self._wakeups.wait_for_job_change(job_id, timeout_s)
-        elif timeout_s > 0:
-            time.sleep(min(timeout_s, _SQLITE_CHANGE_POLL_S))
+        elif self._sqlite_watch is not None:
+            self._sqlite_watch.wait(timeout_s)
 
     # --- plumbing
 

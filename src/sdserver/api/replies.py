@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 
 from sdserver import errors
 from sdserver.config import Settings
@@ -15,6 +16,8 @@ from sdserver.config import Settings
 log = logging.getLogger(__name__)
 
 STABLECOG_PREFIX = "/v1/"
+# What SQLAlchemy raises when the database is down, restarting or out of connections (not a bug in a query).
+DATABASE_OUTAGES = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ _TABLE: dict[str, ErrorReply] = {
     errors.ModelNotFoundError.code: ErrorReply(404, "not_found"),
     errors.RateLimitedError.code: ErrorReply(429, "rate_limited"),
     errors.StorageError.code: ErrorReply(503, "storage_unavailable"),
+    errors.StoreUnavailableError.code: ErrorReply(503, "store_unavailable"),
     errors.SdError.code: ErrorReply(500, "internal_error"),
 }
 
@@ -97,7 +101,15 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
         assert isinstance(exc, errors.SdError)
         return error_response(request.url.path, exc, settings)
 
+    async def on_database_outage(request: Request, exc: Exception) -> JSONResponse:
+        # A known, temporary condition: one line in the log, and a reply the client can act on (retry).
+        log.warning("database unavailable on %s: %s", request.url.path, str(exc).partition("\n")[0])
+        return error_response(request.url.path, errors.StoreUnavailableError(), settings)
+
     async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, DATABASE_OUTAGES):
+            # Raised outside the routes (a middleware), so only the catch-all sees it.
+            return await on_database_outage(request, exc)
         log.exception("unhandled error on %s", request.url.path, exc_info=exc)
         error = errors.SdError()
         response = error_response(request.url.path, error, settings)
@@ -105,4 +117,6 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
         return response
 
     app.add_exception_handler(errors.SdError, on_domain_error)
+    for outage in DATABASE_OUTAGES:
+        app.add_exception_handler(outage, on_database_outage)
     app.add_exception_handler(Exception, on_unexpected_error)

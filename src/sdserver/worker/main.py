@@ -10,8 +10,9 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
+from typing import TypeVar
 
 from sqlalchemy.engine import Engine as DbEngine
 
@@ -21,11 +22,12 @@ from sdserver.storage_switch import SwitchingObjectStore, follow_storage, open_s
 from sdserver.store_control import CommandWatcher, ControlStore
 from sdserver.worker.control import WorkerControl
 from sdserver.worker.engine import Engine, build_engines
-from sdserver.worker.loop import Worker
+from sdserver.worker.loop import EXIT_OK, MAX_BACKOFF_S, TRANSIENT_DB_ERRORS, Worker
 
 log = logging.getLogger(__name__)
 
 EXIT_CONFIG_ERROR = 2
+_T = TypeVar("_T")
 # How often a supervised worker checks that its supervisor is still alive.
 PARENT_CHECK_S = 1.0
 
@@ -74,8 +76,14 @@ def run_worker(
 
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = create_db_engine(settings.sql_url)
-    objects = build_object_store(settings, db)
+    stop = stop or threading.Event()
+    db = _until_database_answers("connect to the job database", lambda: create_db_engine(settings.sql_url), stop)
+    if db is None:
+        return EXIT_OK
+    objects = _until_database_answers("open the object store", lambda: build_object_store(settings, db), stop)
+    if objects is None:
+        db.dispose()
+        return EXIT_OK
     try:
         engines = build_engines(settings, objects)
     except ValueError as exc:
@@ -88,16 +96,38 @@ def run_worker(
         return EXIT_CONFIG_ERROR
     jobs = JobStore(db)
     try:
-        control = build_control(settings, db, objects, engines)
+        control = _until_database_answers(
+            "read the control commands", lambda: build_control(settings, db, objects, engines), stop
+        )
+        if control is None:
+            return EXIT_OK
         worker = Worker(
             settings, jobs, objects, engines, worker_id or make_worker_id(), grace_s=grace_s, control=control
         )
-        stop = stop or threading.Event()
         with _stop_on_signals(stop):
             return worker.run(stop)
     finally:
         jobs.close()
         db.dispose()
+
+
+def _until_database_answers(what: str, action: Callable[[], _T], stop: threading.Event) -> _T | None:
+    """Run a start-up step, waiting out a database that is down or restarting; None if stopped meanwhile."""
+    failures = 0
+    while True:
+        try:
+            return action()
+        except TRANSIENT_DB_ERRORS as exc:
+            # Crashing here would lose the worker for good when nothing restarts it (a plain `sdserver worker`).
+            failures += 1
+            delay = min(MAX_BACKOFF_S, 0.1 * 2**failures)
+            log.warning("could not %s (database unavailable), retrying in %.1f s: %s", what, delay, _first_line(exc))
+            if stop.wait(delay):
+                return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).partition("\n")[0]
 
 
 @contextlib.contextmanager
