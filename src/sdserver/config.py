@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     max_active_jobs_per_key: int = Field(default=100, ge=1)
     # Local worker subprocesses `serve` starts (0: API only).
     workers: int = Field(default=1, ge=0, le=64)
+    # How much lower a worker `serve` starts runs than the API (Unix nice): on a shared box a job may use every
+    # core, and the API must still answer fetches at once. Only those subprocesses; a plain `sdserver worker` not.
+    worker_nice: int = Field(default=5, ge=0, le=19)
     # Worker engines: "diffusers", "upscale", "models" (load_model downloads), and "test" (deterministic
     # fakes for tests and demos).
     engines: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["diffusers", "upscale", "models"])

@@ -119,6 +119,11 @@ def test_supervisor_restarts_a_dead_worker_and_stops_them_all(harness: Harness) 
     try:
         wait_until(lambda: len(supervisor.pids()) == 2, what="two workers")
         first = supervisor.pids()
+        # Supervised workers run below the API's priority (SDSERVER_WORKER_NICE, default 5).
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        wait_until(
+            lambda: all(os.getpriority(os.PRIO_PROCESS, pid) == min(19, own + 5) for pid in first), what="nice 5"
+        )
         os.kill(first[0], signal.SIGKILL)
         wait_until(lambda: len(set(supervisor.pids()) - set(first)) == 1, what="a replacement worker")
         assert first[1] in supervisor.pids()

@@ -166,9 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
+    settings = Settings()
     if args.parent_pid is not None:
         threading.Thread(target=_watch_parent, args=(args.parent_pid, stop), daemon=True).start()
-    return run_worker(Settings(), worker_id=args.worker_id, grace_s=args.grace_s, stop=stop)
+        # Before torch starts its threads, which inherit it.
+        os.nice(settings.worker_nice)
+    return run_worker(settings, worker_id=args.worker_id, grace_s=args.grace_s, stop=stop)
 
 
 if __name__ == "__main__":
