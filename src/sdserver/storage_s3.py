@@ -69,11 +69,15 @@ class S3ObjectStore:
         cls,
         settings: Settings,
         *,
-        connect_timeout_s: float = 5.0,
-        read_timeout_s: float = 30.0,
+        connect_timeout_s: float = 3.0,
+        read_timeout_s: float = 10.0,
         max_attempts: int = 3,
     ) -> S3ObjectStore:
-        """Build the client from settings; the timeouts are keyword arguments so a probe can fail fast."""
+        """Build the client from settings; the timeouts are keyword arguments so a probe can fail fast.
+
+        `max_attempts` counts every try, the first included. The defaults bound a dead or hanging S3 to
+        3 x (3 s + 10 s) + 3 s of backoff, so an upload or an output write fails in under a minute.
+        """
         if not settings.s3_bucket:
             raise StorageError("S3 storage needs a bucket name")
         config = Config(
@@ -82,7 +86,8 @@ class S3ObjectStore:
             s3={"addressing_style": "path"},
             connect_timeout=connect_timeout_s,
             read_timeout=read_timeout_s,
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            # total_max_attempts counts every try; botocore's `max_attempts` key would count retries only.
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
         )
         key_id, secret = settings.s3_access_key_id, settings.s3_secret_access_key
         try:
