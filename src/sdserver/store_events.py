@@ -7,7 +7,6 @@ import threading
 import time
 from collections import Counter, OrderedDict
 
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -92,6 +91,9 @@ class PgWakeups:
         self._ready.wait(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
+        # Here, not at the top: a SQLite-only process (the default) never pays for importing the driver.
+        import psycopg
+
         connected_before = False
         failing = False
         while not self._stop.is_set():
