@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from bench.common import RunContext, machine
+from bench.common import SD15_HALF_MODEL, SD15_MODEL, RunContext, machine
 from bench.report import table, write_charts, write_json
 
 BENCHMARKS = {
@@ -41,7 +41,11 @@ BENCHMARKS = {
 }
 RESULTS = Path(__file__).parent / "results"
 # Shared resources and the benchmarks that use them: each is freed once none of its users is left to run.
-RESOURCE_USERS = {"gen-server": {"P1", "P2"}, "bare-pipeline": {"P1", "P2"}}
+RESOURCE_USERS = {
+    "gen-server": {"P1", "P2"},
+    f"bare-pipeline-{SD15_MODEL}": {"P1", "P2"},
+    f"bare-pipeline-{SD15_HALF_MODEL}": {"P2"},
+}
 
 
 def selected(only: str | None) -> list[str]:

@@ -28,6 +28,8 @@ from PIL import Image
 
 TINY_MODEL = "bench-tiny"
 SD15_MODEL = "bench-sd15"
+# P2 on CPU: the SD 1.5 layout at half the UNet channel widths (see bench/models.py).
+SD15_HALF_MODEL = "bench-sd15-half"
 SEED = 1234
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from bench.common import (
+    SD15_HALF_MODEL,
     SD15_MODEL,
     SEED,
     RunContext,
@@ -38,24 +39,31 @@ JOB_TIMEOUT_S = 900.0
 class JobShape:
     side: int
     steps: int
+    # The model id the server knows it by; the bare pipeline loads the same folder.
+    model: str = SD15_MODEL
+
+
+# Model id on the server → variant of bench.models.model_folder.
+VARIANTS = {SD15_MODEL: "sd15", SD15_HALF_MODEL: "sd15-half"}
 
 
 def gen_server(ctx: RunContext) -> Server:
-    """`sdserver serve` with one worker and this run's model; requests wait for their job (sync answer)."""
+    """`sdserver serve` with one worker and this run's models (built on first use, linked in under their ids);
+    requests wait for their job (sync answer)."""
 
     stack = contextlib.ExitStack()
 
     def start() -> Server:
-        folder, _ = model_folder(ctx)
         data_dir = new_data_dir(ctx, "gen")
-        link_model(folder, data_dir, SD15_MODEL)
+        for model_id, variant in VARIANTS.items():
+            link_model(model_folder(ctx, variant)[0], data_dir, model_id)
         return stack.enter_context(serve(data_dir, workers=1, sync_wait_s=300))
 
     server: Server = ctx.shared("gen-server", start, close=stack.close)
     return server
 
 
-def bare_pipeline(ctx: RunContext) -> Any:
+def bare_pipeline(ctx: RunContext, model: str = SD15_MODEL) -> Any:
     """The same weights in the bare diffusers img2img pipeline, at the precision the worker picks."""
 
     def load() -> Any:
@@ -63,7 +71,7 @@ def bare_pipeline(ctx: RunContext) -> Any:
 
         from sdserver.engines.diffusion.precision import choose_placement
 
-        folder, _ = model_folder(ctx)
+        folder, _ = model_folder(ctx, VARIANTS[model])
         quiet()
         placement = choose_placement("auto")
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
@@ -72,7 +80,7 @@ def bare_pipeline(ctx: RunContext) -> Any:
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(placement.device), placement.precision
 
-    return ctx.shared("bare-pipeline", load)
+    return ctx.shared(f"bare-pipeline-{model}", load)
 
 
 def init_image(side: int, index: int = 0) -> str:
@@ -82,7 +90,7 @@ def init_image(side: int, index: int = 0) -> str:
 def api_body(server: Server, shape: JobShape, index: int) -> dict[str, Any]:
     return {
         "key": server.key,
-        "model_id": SD15_MODEL,
+        "model_id": shape.model,
         "prompt": PROMPT,
         "init_image": init_image(shape.side, index),
         "width": shape.side,

@@ -23,9 +23,12 @@ def quiet() -> None:
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def write_sd15(folder: Path, seed: int = SEED) -> Path:
+def write_sd15(folder: Path, seed: int = SEED, unet_width: float = 1.0) -> Path:
     """A diffusers folder with the real SD 1.5 architecture (UNet 860M, VAE 84M, CLIP-L 123M parameters) and
-    seeded random weights: compute cost is the real model's; the images are noise. About 4 GB on disk."""
+    seeded random weights: compute cost is the real model's; the images are noise. About 4 GB on disk.
+
+    `unet_width` scales the UNet's channel widths (0.5: the same layout with 220M parameters, a quarter of the
+    compute), for benchmarks that need many jobs in the time budget."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -33,7 +36,10 @@ def write_sd15(folder: Path, seed: int = SEED) -> Path:
     shutil.copytree(SD15_CONFIGS, folder)
     # One component at a time, freed before the next: peak memory is the UNet's 3.4 GB, not all 4.
     torch.manual_seed(seed)
-    unet: Any = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    config: Any = UNet2DConditionModel.load_config(folder / "unet")
+    if unet_width != 1.0:
+        config["block_out_channels"] = [int(width * unet_width) for width in config["block_out_channels"]]
+    unet: Any = UNet2DConditionModel.from_config(config)
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     del unet
     gc.collect()
@@ -47,9 +53,9 @@ def write_sd15(folder: Path, seed: int = SEED) -> Path:
     return folder
 
 
-def model_folder(ctx: RunContext) -> tuple[Path, str]:
-    """The generation model of this run, built on first use: SD-1.5-shaped, or the tiny model with --quick.
-    Returns (folder, kind)."""
+def model_folder(ctx: RunContext, variant: str = "sd15") -> tuple[Path, str]:
+    """A generation model of this run, built on first use: "sd15" (SD-1.5-shaped), "sd15-half" (the same layout at
+    half the UNet widths), or the tiny model for either with --quick. Returns (folder, kind)."""
 
     def build() -> tuple[Path, str]:
         quiet()
@@ -57,15 +63,15 @@ def model_folder(ctx: RunContext) -> tuple[Path, str]:
         if ctx.quick:
             from sdserver.engines.diffusion.tiny import make_tiny_model
 
-            folder = make_tiny_model(ctx.workdir / "models", TINY_MODEL, seed=SEED)
+            folder = make_tiny_model(ctx.workdir / "models", f"{TINY_MODEL}-{variant}", seed=SEED)
             kind = "tiny"
         else:
-            folder = write_sd15(ctx.workdir / "models" / "sd15")
-            kind = "sd15"
+            folder = write_sd15(ctx.workdir / "models" / variant, unet_width=0.5 if variant == "sd15-half" else 1.0)
+            kind = variant
         print(f"  built {kind} model in {time.perf_counter() - started:.1f} s: {folder}", flush=True)
         return folder, kind
 
-    folder, kind = ctx.shared("model", build)
+    folder, kind = ctx.shared(f"model-{variant}", build)
     return folder, kind
 
 
