@@ -3,7 +3,7 @@
 The jobs go in through the HTTP API; the two workers are separate processes running the real worker loop and
 diffusion engine (`python -m bench.p7_affinity --worker ...`), wrapped so that loads are counted and, for the
 baseline, affinity is off without a setting: that run hands the store's `claim` no held models, which is exactly
-the plain oldest-first claim.
+the plain oldest-first claim (peers' models ignored too).
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ class NoAffinityStore:
         return getattr(self._inner, name)
 
     def claim(self, worker_id: str, **options: Any) -> Any:
-        return self._inner.claim(worker_id, **(options | {"held_models": ()}))
+        # No held models and no peers seen (the store would otherwise spread idle workers over models).
+        return self._inner.claim(worker_id, **(options | {"held_models": (), "peers_seen_within_s": 0.0}))
 
 
 async def enqueue(server: Server, models: list[str]) -> list[int]:
