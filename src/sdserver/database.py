@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -47,6 +47,10 @@ server_state = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
 )
 
+
+# What SQLAlchemy raises when the database is down, restarting or out of connections (not a bug in a query):
+# workers retry these, the API answers `store_unavailable`.
+DATABASE_OUTAGES: Final = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
 
 _POOL_SIZE = 20
 _POOL_OVERFLOW = 40

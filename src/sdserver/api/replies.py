@@ -8,16 +8,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
 
 from sdserver import errors
 from sdserver.config import Settings
+from sdserver.database import DATABASE_OUTAGES
 
 log = logging.getLogger(__name__)
 
 STABLECOG_PREFIX = "/v1/"
-# What SQLAlchemy raises when the database is down, restarting or out of connections (not a bug in a query).
-DATABASE_OUTAGES = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 
 
 @dataclass(frozen=True)

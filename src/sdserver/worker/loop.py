@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import exc as sa_exc
 
+from sdserver.database import DATABASE_OUTAGES
 from sdserver.errors import LeaseLostError, StorageError
 from sdserver.jobs import Job
 from sdserver.storage import ObjectStore
@@ -41,8 +42,11 @@ PROGRESS_MIN_INTERVAL_S: Final = 0.25
 # Longest idle wait: PostgreSQL wakes the worker on NOTIFY sooner; this bounds how late a stop is seen.
 IDLE_WAIT_S: Final = 1.0
 MAX_BACKOFF_S: Final = 5.0
-# What a database that is briefly down or locked raises: wait and retry, never crash the loop.
-TRANSIENT_DB_ERRORS: Final = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+def backoff_delay(failures: int) -> float:
+    """Seconds to wait after the `failures`-th database outage in a row: doubling from 0.2 s, at most 5 s."""
+    return min(MAX_BACKOFF_S, 0.1 * 2.0**failures)
 
 
 @dataclass(eq=False)
@@ -143,7 +147,7 @@ class Worker:
                 claimed = self._claim()
                 if claimed is None:
                     self._jobs.wait_for_work(self._idle_wait_s)
-            except TRANSIENT_DB_ERRORS as exc:
+            except DATABASE_OUTAGES as exc:
                 failures += 1
                 self._back_off("claim", exc, failures)
                 continue
@@ -313,7 +317,7 @@ class Worker:
                     run.cancel = True
             except LeaseLostError:
                 run.lost = True
-            except TRANSIENT_DB_ERRORS as exc:
+            except DATABASE_OUTAGES as exc:
                 log.warning("job %s: progress not recorded (database unavailable): %s", run.job.id, exc)
         if self._past_grace():
             raise JobCancelled("the worker is stopping and the grace period has passed")
@@ -356,7 +360,7 @@ class Worker:
             self._jobs.worker_heartbeat(self.worker_id, held_models=self._held)
             # Any process may put expired leases back; doing it here keeps jobs of dead workers moving.
             self._jobs.requeue_expired()
-        except TRANSIENT_DB_ERRORS as exc:
+        except DATABASE_OUTAGES as exc:
             log.warning("heartbeat failed (database unavailable): %s", exc)
         except sa_exc.SQLAlchemyError:
             # Not a known outage, but the thread must live on: without heartbeats every lease would be lost.
@@ -368,7 +372,7 @@ class Worker:
         return tuple(sorted({model for engine in self._engines for model in engine.held_models()}))
 
     def _back_off(self, what: str, exc: Exception, failures: int) -> None:
-        delay = min(MAX_BACKOFF_S, 0.1 * 2**failures)
+        delay = backoff_delay(failures)
         log.warning("%s failed (database unavailable), retrying in %.1f s: %s", what, delay, exc)
         self._stop.wait(delay)
 
@@ -378,7 +382,7 @@ class Worker:
             try:
                 action()
                 return True
-            except TRANSIENT_DB_ERRORS as exc:
+            except DATABASE_OUTAGES as exc:
                 failures += 1
                 self._back_off(what, exc, failures)
         return False
@@ -391,9 +395,9 @@ class Worker:
             try:
                 action()
                 return True
-            except TRANSIENT_DB_ERRORS as exc:
+            except DATABASE_OUTAGES as exc:
                 failures += 1
-                delay = min(MAX_BACKOFF_S, 0.1 * 2**failures)
+                delay = backoff_delay(failures)
                 if time.monotonic() + delay > deadline:
                     log.error("%s failed for %.0f s (database unavailable), giving up: %s", what, budget_s, exc)
                     return False

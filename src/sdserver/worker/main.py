@@ -17,12 +17,12 @@ from typing import TypeVar
 from sqlalchemy.engine import Engine as DbEngine
 
 from sdserver.config import Settings
-from sdserver.database import create_db_engine, server_secret
+from sdserver.database import DATABASE_OUTAGES, create_db_engine, server_secret
 from sdserver.storage_switch import SwitchingObjectStore, follow_storage, open_switching_store
 from sdserver.store_control import CommandWatcher, ControlStore
 from sdserver.worker.control import WorkerControl
 from sdserver.worker.engine import Engine, build_engines
-from sdserver.worker.loop import EXIT_OK, MAX_BACKOFF_S, TRANSIENT_DB_ERRORS, Worker
+from sdserver.worker.loop import EXIT_OK, Worker, backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,10 @@ def _until_database_answers(what: str, action: Callable[[], _T], stop: threading
     while True:
         try:
             return action()
-        except TRANSIENT_DB_ERRORS as exc:
+        except DATABASE_OUTAGES as exc:
             # Crashing here would lose the worker for good when nothing restarts it (a plain `sdserver worker`).
             failures += 1
-            delay = min(MAX_BACKOFF_S, 0.1 * 2**failures)
+            delay = backoff_delay(failures)
             log.warning("could not %s (database unavailable), retrying in %.1f s: %s", what, delay, _first_line(exc))
             if stop.wait(delay):
                 return None
