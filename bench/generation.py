@@ -69,7 +69,7 @@ def bare_pipeline(ctx: RunContext, model: str = SD15_MODEL) -> Any:
     def load() -> Any:
         from diffusers import StableDiffusionImg2ImgPipeline
 
-        from sdserver.engines.diffusion.precision import choose_placement
+        from sdserver.engines.precision import choose_placement
 
         folder, _ = model_folder(ctx, VARIANTS[model])
         quiet()

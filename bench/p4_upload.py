@@ -48,7 +48,8 @@ async def upload_many(server: Server, payload: str, count: int, clients: int) ->
 def floor_once(payload: str, root: Path) -> float:
     """What an upload must do at least: base64 decode, format sniff + full decode check, write to storage."""
     from sdserver.images import ImageLimits, decode_base64_payload, inspect_image
-    from sdserver.storage import LocalObjectStore, make_object_key
+    from sdserver.objects.base import make_object_key
+    from sdserver.objects.local import LocalObjectStore
 
     store = LocalObjectStore(root, "http://127.0.0.1", b"bench-secret", 3600)
     limits = ImageLimits(max_bytes=64 * 2**20, max_pixels=64 * 2**20)

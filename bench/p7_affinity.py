@@ -83,7 +83,7 @@ def worker_main(data_dir: Path, worker_id: str, affinity: bool, report: Path) ->
     from sdserver.config import Settings
     from sdserver.database import create_db_engine
     from sdserver.engines.diffusion.engine import DiffusionEngine
-    from sdserver.store import JobStore
+    from sdserver.jobstore.store import JobStore
     from sdserver.worker.loop import Worker
     from sdserver.worker.main import build_object_store
 
@@ -102,7 +102,7 @@ def worker_main(data_dir: Path, worker_id: str, affinity: bool, report: Path) ->
 def drain(data_dir: Path, ids: list[int], affinity: bool) -> dict[str, Any]:
     """Run two worker processes until every job in `ids` has ended; their loads and the wall time."""
     from sdserver.database import create_db_engine
-    from sdserver.store import JobStore
+    from sdserver.jobstore.store import JobStore
 
     reports = [data_dir / f"p7-worker-{index}.json" for index in range(WORKERS)]
     env = os.environ | {"HF_HUB_OFFLINE": "1"}

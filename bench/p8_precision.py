@@ -33,7 +33,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from sdserver.engines.diffusion.precision import choose_placement, cpu_has_native_bf16
+    from sdserver.engines.precision import choose_placement, cpu_has_native_bf16
 
     folder, kind = model_folder(ctx)
     placement = choose_placement("auto")

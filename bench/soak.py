@@ -247,9 +247,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def own_server(workers: int) -> Iterator[tuple[str, str, int]]:
     """`sdserver serve` on a temporary data dir with a tiny model and random upscaler weights."""
-    # Test support builds the seeded weights; only this self-hosted mode needs them.
-    from tests.support.esrgan_weights import write_official_weights
-    from tests.support.tiny_sd import make_tiny_model
+    from sdserver.engines.diffusion.tiny import make_tiny_model
+    from sdserver.engines.upscale.tiny import write_official_weights
 
     data_dir = Path(tempfile.mkdtemp(prefix="sdserver-soak-"))
     models = data_dir / "models"

@@ -25,9 +25,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from PIL import Image
-from tests.support.esrgan_weights import write_official_weights
 
 from sdserver.engines.upscale.runner import Upscaler, load_upscaler
+from sdserver.engines.upscale.tiny import write_official_weights
 
 MODEL_ID = "RealESRGAN_x4plus"
 NCNN_MODEL = "realesrgan-x4plus"

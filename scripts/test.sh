@@ -7,4 +7,6 @@ scripts/install.sh test
 .venv/bin/ruff check src tests
 .venv/bin/ruff format --check src tests
 .venv/bin/mypy
+# The layout contracts ([tool.importlinter] in pyproject.toml); grimp reads the source tree, not the editable install.
+PYTHONPATH=src .venv/bin/lint-imports --no-cache
 exec .venv/bin/pytest "$@"

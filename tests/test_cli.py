@@ -137,11 +137,11 @@ def test_models_make_tiny_writes_a_loadable_model_and_registers_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # In-process: the subcommand imports torch, which other tests in the session have usually loaded already.
+    from sdserver.catalog.layout import ModelFormat, find_model
+    from sdserver.catalog.registry import ModelKind, ModelRegistry, ModelState
     from sdserver.cli import main
     from sdserver.config import Settings
     from sdserver.database import create_db_engine
-    from sdserver.engines.diffusion.models import ModelFormat, find_model
-    from sdserver.model_registry import ModelKind, ModelRegistry, ModelState
 
     for name in [name for name in os.environ if name.startswith("SDSERVER_")]:
         monkeypatch.delenv(name)

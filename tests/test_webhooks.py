@@ -599,7 +599,7 @@ def test_run_forever_survives_a_failed_pass_and_stops_on_request(tmp_path: Path)
 
 @dataclass(frozen=True)
 class RealStore:
-    """A `sdserver.store.JobStore` on SQLite (typed loosely so this file loads before store.py exists)."""
+    """A `sdserver.jobstore.store.JobStore` on SQLite (typed loosely so this file loads before store.py exists)."""
 
     jobs: Any
     owner_key_id: int
@@ -607,7 +607,7 @@ class RealStore:
 
 @pytest.fixture
 def real_store(tmp_path: Path) -> RealStore:
-    from sdserver.store import JobStore
+    from sdserver.jobstore.store import JobStore
 
     engine = create_db_engine(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
     owner, _ = KeyStore(engine).create("webhook-tests")

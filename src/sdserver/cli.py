@@ -110,9 +110,9 @@ def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def run_models_command(settings: Settings, args: argparse.Namespace) -> int:
     """`models make-tiny NAME`: a tiny seeded model, registered as ready, for trying the API without weights."""
-    from sdserver.engines.diffusion.models import models_dir_for
-    from sdserver.model_ids import is_valid_model_id
-    from sdserver.model_registry import ModelKind, ModelRegistry
+    from sdserver.catalog.ids import is_valid_model_id
+    from sdserver.catalog.layout import models_dir_for
+    from sdserver.catalog.registry import ModelKind, ModelRegistry
 
     if not is_valid_model_id(args.name):
         print(f"error: {args.name!r} is not a valid model id (letters, digits, '.', '_', '-')", file=sys.stderr)

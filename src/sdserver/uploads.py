@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sdserver.auth import ApiKey
 from sdserver.database import uploads, utcnow
 from sdserver.images import DecodedImage
-from sdserver.storage import ObjectStore, make_object_key
+from sdserver.objects.base import ObjectStore, make_object_key
 
 log = logging.getLogger(__name__)
 

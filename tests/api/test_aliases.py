@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from sdserver.auth import Role
+from sdserver.engines.fake import FakeEngine
 from sdserver.jobs import JobKind
-from sdserver.worker.test_engine import TestEngine
 from tests.support.image_files import png_bytes
 from tests.support.live_server import LiveServer, make_settings, run_server, worker_thread
 
@@ -75,7 +75,7 @@ def spine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One live API plus a worker thread on the test engine, shared by the walk (it only adds jobs)."""
     tmp_path: Path = tmp_path_factory.mktemp("aliases")
     settings = make_settings(tmp_path, engines=["test"], sync_wait_s=5.0, worker_poll_s=0.05)
-    with run_server(settings) as live, worker_thread(live, [TestEngine()], "alias-worker"):
+    with run_server(settings) as live, worker_thread(live, [FakeEngine()], "alias-worker"):
         yield live
 
 

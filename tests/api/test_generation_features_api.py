@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from sdserver.auth import Role
-from sdserver.engines.diffusion.models import models_dir_for
+from sdserver.catalog.layout import models_dir_for
 from sdserver.worker.supervisor import WorkerSupervisor
 from tests.support.live_server import LiveServer, make_settings, run_server
 from tests.support.tiny_addons import make_tiny_embedding, make_tiny_lora, make_tiny_vae

@@ -13,7 +13,7 @@ import pytest
 
 from sdserver.api.aliases import PREFIXES
 from sdserver.auth import Role
-from sdserver.worker.test_engine import TestEngine
+from sdserver.engines.fake import FakeEngine
 from tests.support.live_server import LiveServer, make_settings, run_server, worker_thread
 
 TEXT2IMG = "/api/v1/enterprise/text2img"
@@ -34,7 +34,7 @@ def spine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer
     with_worker = overrides.pop("with_worker", True)
     with run_server(make_settings(tmp_path, **overrides)) as live, contextlib.ExitStack() as stack:
         if with_worker:
-            stack.enter_context(worker_thread(live, [TestEngine()], "test-worker"))
+            stack.enter_context(worker_thread(live, [FakeEngine()], "test-worker"))
         yield live
 
 
@@ -179,7 +179,7 @@ def test_cancel_a_running_job_stops_it_at_the_next_step(spine: LiveServer, key: 
     assert poll_until(http, spine, key, job_id, "failed", timeout=10)["error_code"] == "cancelled"
     job = spine.services.jobs.get(job_id, owner_key_id=None)
     assert job.progress_step < 50
-    assert not any(spine.services.store.exists(k) for k in job.output_keys)
+    assert not any(spine.services.objects.exists(k) for k in job.output_keys)
 
 
 @pytest.mark.settings(with_worker=False, max_active_jobs_per_key=2)

@@ -15,9 +15,9 @@ import pytest
 from safetensors.numpy import save as save_safetensors
 
 from sdserver.auth import Role
+from sdserver.catalog.registry import ModelKind, ModelState
+from sdserver.engines.model_loader import ModelLoaderEngine
 from sdserver.jobs import JobStatus
-from sdserver.model_registry import ModelKind, ModelState
-from sdserver.worker.model_loader import ModelLoaderEngine
 from tests.support.http_host import HttpHost, Reply
 from tests.support.live_server import LiveServer, make_settings, run_server, worker_thread
 

@@ -9,10 +9,10 @@ import pytest
 
 from sdserver import __version__
 from sdserver.auth import Role
-from sdserver.engines.diffusion.models import DIFFUSERS_DIR, MODEL_INDEX
+from sdserver.catalog.layout import DIFFUSERS_DIR, MODEL_INDEX
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus
-from sdserver.storage import make_object_key
-from sdserver.store_control import Command
+from sdserver.jobstore.control import Command
+from sdserver.objects.base import make_object_key
 from tests.support.live_server import LiveServer
 
 ENTERPRISE = "/api/v1/enterprise"

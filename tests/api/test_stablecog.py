@@ -33,7 +33,7 @@ def test_upload_returns_an_object_url_that_downloads_the_file(
     reply = response.json()
     assert set(reply) == {"object"}
     assert http.get(reply["object"]).content == data
-    assert server.services.store.key_from_url(reply["object"]) is not None
+    assert server.services.objects.key_from_url(reply["object"]) is not None
 
 
 def test_missing_key_is_401_unauthorized(local_server: LiveServer, http: httpx.Client) -> None:

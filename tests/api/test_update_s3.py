@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from sdserver.api.services import Services
 from sdserver.auth import Role
-from sdserver.storage_s3 import S3ObjectStore
+from sdserver.objects.s3 import S3ObjectStore
 from sdserver.worker.supervisor import WorkerSupervisor
 from tests.support.image_files import png_bytes
 from tests.support.live_server import LiveServer, free_port, make_settings, run_server
@@ -126,8 +126,8 @@ def test_switch_from_local_to_s3_live(
     # A restarted API keeps the persisted setting over the environment's local default.
     restarted = Services.build(server.services.settings)
     try:
-        assert isinstance(restarted.store.active, S3ObjectStore)
-        assert restarted.store.config == server.services.store.config
+        assert isinstance(restarted.objects.active, S3ObjectStore)
+        assert restarted.objects.config == server.services.objects.config
     finally:
         restarted.jobs.close()
         restarted.engine.dispose()
@@ -176,7 +176,7 @@ def test_a_second_switch_keeps_the_first_buckets_objects_readable(
     assert in_bucket(s3_server, first, early_key) and not in_bucket(s3_server, second, early_key)
     assert in_bucket(s3_server, second, late_key)
     # The store reads through to the earlier bucket (base64 replies, engines reading inputs).
-    assert server.services.store.get(early_key) == png_bytes(16, 12)
+    assert server.services.objects.get(early_key) == png_bytes(16, 12)
 
 
 def test_another_api_replica_follows_the_switch(tmp_path: Path, s3_server: S3Server, http: httpx.Client) -> None:
@@ -189,7 +189,7 @@ def test_another_api_replica_follows_the_switch(tmp_path: Path, s3_server: S3Ser
         switched = http.post(first.url(UPDATE_S3), json={"key": admin, **s3_body(s3_server, bucket)}).json()
         assert switched["status"] == "success"
         deadline = time.monotonic() + 10
-        while second.services.store.config is None:
+        while second.services.objects.config is None:
             assert time.monotonic() < deadline, "the second replica never switched"
             time.sleep(0.1)
         reply = upload(http, second, user)

@@ -58,8 +58,8 @@ def test_upload_stores_the_exact_bytes_and_the_url_downloads_them(
     downloaded = http.get(url)
     assert downloaded.status_code == 200
     assert downloaded.content == original
-    key = server.services.store.key_from_url(url)
-    assert key is not None and server.services.store.get(key) == original
+    key = server.services.objects.key_from_url(url)
+    assert key is not None and server.services.objects.get(key) == original
 
 
 def test_upload_image_reply_matches_the_vendor_shape(server: LiveServer, user_key: str, http: httpx.Client) -> None:
@@ -83,7 +83,7 @@ def test_stored_type_follows_the_bytes_not_the_declared_type(
         "/api/v1/enterprise/upload_image",
         {"key": user_key, "base64_image": b64(data), "image_type": "png"},
     )
-    key = server.services.store.key_from_url(reply["image_url"])
+    key = server.services.objects.key_from_url(reply["image_url"])
     assert key is not None and key.endswith("." + ext)
     assert http.get(reply["image_url"]).content == data
 
@@ -169,7 +169,7 @@ def test_an_issued_url_is_accepted_as_an_input_without_a_network_fetch(
     assert second["status"] == "success", second
     assert http.get(second["image_url"]).content == original
     services = server.services
-    image = _load(services.store, first["image_url"], services.image_limits, services.fetch_policy)
+    image = _load(services.objects, first["image_url"], services.image_limits, services.fetch_policy)
     assert (image.width, image.height, image.data) == (40, 30, original)
 
 

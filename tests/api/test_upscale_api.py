@@ -15,8 +15,8 @@ from PIL import Image
 
 from sdserver.api.aliases import SUPER_RESOLUTION_LIST_PATHS, SUPER_RESOLUTION_STRING_PATHS
 from sdserver.auth import Role
-from sdserver.worker.engine import build_engines
-from tests.support.esrgan_weights import write_official_weights
+from sdserver.engines.factory import build_engines
+from sdserver.engines.upscale.tiny import write_official_weights
 from tests.support.image_files import png_bomb, png_bytes
 from tests.support.live_server import LiveServer, make_settings, run_server, worker_thread
 
@@ -44,7 +44,7 @@ def upscaler(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveSer
     write_official_weights(weights, "RealESRGAN_x2plus", "params_ema")
     with run_server(make_settings(tmp_path, **overrides)) as live:
         services = live.services
-        with worker_thread(live, build_engines(services.settings, services.store), "w1", join_s=30.0):
+        with worker_thread(live, build_engines(services.settings, services.objects), "w1", join_s=30.0):
             yield live
 
 

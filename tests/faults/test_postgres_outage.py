@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from sdserver.auth import Role
-from sdserver.store_events import WORK_CHANNEL, PgWakeups, notify
+from sdserver.jobstore.pg_wakeups import WORK_CHANNEL, PgWakeups, notify
 from sdserver.worker.main import run_worker
 from tests.support.cluster import ADMIN_KEY, Cluster, cluster, cluster_env, submit_many, wait_all_success, wait_ready
 from tests.support.http_host import HttpHost, Reply

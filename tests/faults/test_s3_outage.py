@@ -15,10 +15,10 @@ from botocore.exceptions import ClientError
 
 from sdserver.auth import Role
 from sdserver.config import Settings
+from sdserver.engines.fake import FakeEngine
 from sdserver.errors import StorageError
-from sdserver.storage import make_object_key
-from sdserver.storage_s3 import S3ObjectStore
-from sdserver.worker.test_engine import TestEngine
+from sdserver.objects.base import make_object_key
+from sdserver.objects.s3 import S3ObjectStore
 from tests.api.conftest import s3_overrides
 from tests.support.image_files import png_bytes
 from tests.support.live_server import LiveServer, make_settings, run_server, worker_thread
@@ -108,7 +108,7 @@ def test_uploads_answer_503_storage_unavailable_during_an_outage_and_work_again_
         for path, field, url_field in MODELSLAB_UPLOADS:
             response, _ = upload(http, live, key, path, field)
             assert response.status_code == 200 and response.json()["status"] == "success", (path, response.text)
-            stored_key = live.services.store.key_from_url(url_in(response.json(), url_field))
+            stored_key = live.services.objects.key_from_url(url_in(response.json(), url_field))
             assert stored_key is not None and object_exists(s3_server, settings.s3_bucket or "", stored_key)
             assert http.get(url_in(response.json(), url_field)).status_code == 200
 
@@ -199,7 +199,7 @@ def job_site(tmp_path: Path, s3_server: S3Server, proxy: TcpProxy) -> Iterator[t
     settings = proxied_settings(tmp_path, s3_server, proxy, **JOB_SETTINGS)
     with (
         run_server(settings) as live,
-        worker_thread(live, [TestEngine()], "s3-outage-worker"),
+        worker_thread(live, [FakeEngine()], "s3-outage-worker"),
         httpx.Client(timeout=30, trust_env=False) as http,
     ):
         yield live, Watcher(http, live, live.new_key(Role.USER), s3_server, settings.s3_bucket or "")

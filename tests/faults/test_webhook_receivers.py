@@ -17,10 +17,10 @@ import pytest
 import sqlalchemy as sa
 
 from sdserver.auth import Role
+from sdserver.engines.fake import FakeEngine
 from sdserver.jobs import JobStatus, WebhookStatus
-from sdserver.store_tables import job_webhooks
+from sdserver.jobstore.tables import job_webhooks
 from sdserver.webhooks import ATTEMPT_HEADER, JITTER
-from sdserver.worker.test_engine import TestEngine
 from tests.support.http_host import HttpHost, RecordedRequest, Reply
 from tests.support.live_server import LiveServer, make_settings, run_server, worker_thread
 
@@ -84,7 +84,7 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[LiveS
     settings = make_settings(tmp_path, **{**BASE_SETTINGS, **(marker.kwargs if marker else {})})
     with (
         run_server(settings) as live,
-        worker_thread(live, [TestEngine()], "webhook-fault-worker"),
+        worker_thread(live, [FakeEngine()], "webhook-fault-worker"),
         httpx.Client(timeout=30, trust_env=False) as http,
     ):
         yield live, http, live.new_key(Role.USER)

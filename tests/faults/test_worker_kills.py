@@ -19,7 +19,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from sdserver.storage import LocalObjectStore, make_object_key
+from sdserver.objects.base import make_object_key
+from sdserver.objects.local import LocalObjectStore
 from tests.support.cluster import Cluster, cluster, cluster_env, submit_many, wait_all_success, wait_ready
 from tests.support.live_server import free_port
 

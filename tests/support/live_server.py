@@ -17,7 +17,7 @@ from sdserver.api.app import create_app
 from sdserver.api.services import Services
 from sdserver.auth import Role
 from sdserver.config import Settings
-from sdserver.worker.engine import Engine
+from sdserver.engines.base import Engine
 from sdserver.worker.loop import Worker
 
 
@@ -70,7 +70,7 @@ def run_server(settings: Settings) -> Iterator[LiveServer]:
 def worker_thread(live: LiveServer, engines: list[Engine], worker_id: str, join_s: float = 15.0) -> Iterator[None]:
     """A real worker loop on the live server's store, in a background thread, stopped on exit."""
     services = live.services
-    worker = Worker(services.settings, services.jobs, services.store, engines, worker_id)
+    worker = Worker(services.settings, services.jobs, services.objects, engines, worker_id)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()

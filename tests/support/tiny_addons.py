@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from sdserver.engines.diffusion.models import AddonKind, addon_dir
+from sdserver.catalog.layout import AddonKind, addon_dir
 from tests.support.tiny_sd import build_tiny_pipeline, original_layout_state_dict
 
 TEXT_HIDDEN = 32

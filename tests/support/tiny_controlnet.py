@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel
 
-from sdserver.engines.diffusion.models import AddonKind, addon_dir
+from sdserver.catalog.layout import AddonKind, addon_dir
 from tests.support.tiny_sd import build_tiny_pipeline
 
 # The tiny VAE halves the image once (two blocks), so the hint encoder must downsample by 2 as well: two stages.

@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 from PIL import Image
 
+from sdserver.engines.base import JobCancelled
 from sdserver.engines.diffusion.tiny import (
     _RESNET_TO_LDM,
     LAYERS_PER_BLOCK,
@@ -35,7 +36,6 @@ from sdserver.engines.diffusion.tiny import (
     tiny_tokenizer,
 )
 from sdserver.jobs import Job, JobKind, JobStatus
-from sdserver.worker.engine import JobCancelled
 
 __all__ = [
     "BASE_PARAMS",

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from sdserver.engines.fake import FakeEngine
 from sdserver.jobs import JobKind, JobSpec, JobStatus
-from sdserver.storage import make_object_key
-from sdserver.storage_switch import follow_storage
-from sdserver.store_control import Command, CommandWatcher, ControlStore, S3Config
+from sdserver.jobstore.control import Command, CommandWatcher, ControlStore
+from sdserver.objects.base import make_object_key
+from sdserver.objects.config import S3Config
+from sdserver.objects.switching import follow_storage
 from sdserver.worker.control import WorkerControl
 from sdserver.worker.loop import EXIT_RESTART, Worker
 from sdserver.worker.main import build_object_store, signing_secret_for
 from sdserver.worker.supervisor import WorkerSupervisor
-from sdserver.worker.test_engine import TestEngine
 from tests.support.s3_server import S3Server
 from tests.worker.test_loop import Harness, close_harness, make_settings, open_harness
 from tests.worker.test_supervisor import wait_until
@@ -34,7 +35,7 @@ class ControlledWorker:
     """A worker in a thread, hooked to the control channel with a fast poll."""
 
     def __init__(self, harness: Harness) -> None:
-        self.engine = TestEngine()
+        self.engine = FakeEngine()
         self.control = ControlStore(harness.db)
         self.worker = Worker(
             harness.settings,
@@ -133,11 +134,11 @@ def test_a_job_linked_into_a_store_the_worker_does_not_know_yet_makes_it_catch_u
     harness: Harness, s3_server: S3Server
 ) -> None:
     """update_s3 persisted a bucket and the API already hands out its links; this worker has not polled yet."""
-    from sdserver.storage_s3 import S3ObjectStore
+    from sdserver.objects.s3 import S3ObjectStore
 
     control = ControlStore(harness.db)
     objects = build_object_store(harness.settings, harness.db)
-    engine = TestEngine()
+    engine = FakeEngine()
     secret = signing_secret_for(harness.settings, harness.db)
     watcher = CommandWatcher(control, poll_s=3600.0)  # never polls on its own during this test
     worker = Worker(

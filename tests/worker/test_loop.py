@@ -17,12 +17,13 @@ from sqlalchemy.engine import Engine as DbEngine
 
 from sdserver.config import Settings
 from sdserver.database import create_db_engine
+from sdserver.engines.fake import FakeEngine, render_output
 from sdserver.errors import StorageError
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus
-from sdserver.storage import LocalObjectStore, StoredObject, make_object_key
-from sdserver.store import JobStore
+from sdserver.jobstore.store import JobStore
+from sdserver.objects.base import StoredObject, make_object_key
+from sdserver.objects.local import LocalObjectStore
 from sdserver.worker.loop import EXIT_DEVICE_FAILURE, EXIT_OK, Worker
-from sdserver.worker.test_engine import TestEngine, render_output
 from tests.support.postgres_server import fresh_database
 
 OWNER = 1
@@ -121,7 +122,7 @@ class WorkerThread:
             harness.settings,
             jobs or harness.store,
             objects or harness.objects,
-            [TestEngine()],
+            [FakeEngine()],
             f"test-worker-{uuid.uuid4().hex[:8]}",
             grace_s=grace_s,
             idle_wait_s=0.1,

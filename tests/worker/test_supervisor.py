@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from sdserver.config import Settings
+from sdserver.engines.fake import render_output
 from sdserver.jobs import JobStatus
 from sdserver.worker.main import run_worker
 from sdserver.worker.supervisor import WorkerSupervisor, settings_to_env
-from sdserver.worker.test_engine import render_output
 from tests.worker.test_loop import Harness, WorkerThread, close_harness, make_settings, open_harness
 
 

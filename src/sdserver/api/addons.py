@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from sdserver.engines.diffusion.models import AddonKind, find_addon, models_dir_for
+from sdserver.catalog.layout import AddonKind, find_addon, models_dir_for
 from sdserver.errors import ValidationError
 
 _KIND_NAMES: Final = {AddonKind.LORA: "LoRA", AddonKind.VAE: "VAE", AddonKind.EMBEDDING: "embedding"}

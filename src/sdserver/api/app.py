@@ -104,7 +104,7 @@ async def _purge_expired_forever(services: Services) -> None:
     """Delete temporary objects past their lifetime, and their rows, every few minutes."""
     while True:
         try:
-            removed = await run_in_threadpool(services.store.purge_expired)
+            removed = await run_in_threadpool(services.objects.purge_expired)
             forgotten = await run_in_threadpool(services.uploads.forget_expired)
             if removed or forgotten:
                 log.info("purged %d expired temporary objects (%d upload rows)", removed, forgotten)
@@ -121,7 +121,7 @@ def _webhook_sender(services: Services) -> WebhookSender:
         services.jobs,
         FetchPolicy.from_settings(settings),
         webhook_secret(settings, services.engine),
-        lambda job: webhook_body(job, services.store.get),
+        lambda job: webhook_body(job, services.objects.get),
         settings,
     )
 

@@ -30,12 +30,12 @@ async def store_client_image(
     if max_pixels is not None:
         limits = dataclasses.replace(limits, max_pixels=min(limits.max_pixels, max_pixels))
     image = await load_image_input(
-        value, field=field, limits=limits, policy=services.fetch_policy, issued=services.store
+        value, field=field, limits=limits, policy=services.fetch_policy, issued=services.objects
     )
     if crop:
         image = await run_in_threadpool(_crop_to_square, image)
     saved = await run_in_threadpool(
-        services.uploads.save, services.store, image, owner=owner, endpoint=endpoint, temp=temp
+        services.uploads.save, services.objects, image, owner=owner, endpoint=endpoint, temp=temp
     )
     return saved, image
 

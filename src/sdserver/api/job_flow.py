@@ -11,7 +11,7 @@ from sdserver.api.job_replies import failed_body, processing_body, success_body
 from sdserver.api.services import Services
 from sdserver.errors import RateLimitedError
 from sdserver.jobs import Job, JobSpec, JobStatus
-from sdserver.storage import make_object_key
+from sdserver.objects.base import make_object_key
 
 # A client over its cap is told to come back after roughly this long.
 _RETRY_AFTER_S = 10
@@ -20,7 +20,7 @@ _RETRY_AFTER_S = 10
 def allocate_outputs(services: Services, count: int, *, temp: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Object keys for the outputs and their final URLs (`future_links`), fixed before the job runs."""
     keys = tuple(make_object_key("outputs", "png", temp=temp) for _ in range(count))
-    return keys, tuple(services.store.url_for(key) for key in keys)
+    return keys, tuple(services.objects.url_for(key) for key in keys)
 
 
 async def submit_job(services: Services, spec: JobSpec) -> Job:
@@ -57,7 +57,7 @@ async def run_job(services: Services, spec: JobSpec, *, instant_response: bool) 
 async def render_job(services: Services, job: Job) -> dict[str, Any]:
     """The body `fetch` (and a generation request) answers for a job in its current state."""
     if job.status is JobStatus.SUCCEEDED:
-        return await run_in_threadpool(success_body, job, services.store.get)
+        return await run_in_threadpool(success_body, job, services.objects.get)
     if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
         return failed_body(job)
 

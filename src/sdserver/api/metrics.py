@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdserver.jobs import JobKind, JobStatus
-from sdserver.store_stats import read_stats
+from sdserver.jobstore.stats import read_stats
 
 log = logging.getLogger(__name__)
 

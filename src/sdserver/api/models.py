@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sdserver.catalog.files import ADDON_KINDS, addon_on_disk
+from sdserver.catalog.ids import UPSCALER_MODELS, is_valid_model_id
+from sdserver.catalog.layout import find_addon, find_model, list_addons, list_models, models_dir_for
+from sdserver.catalog.registry import ModelKind, ModelRecord, ModelRegistry, ModelState
 from sdserver.config import Settings
-from sdserver.engines.diffusion.models import find_addon, find_model, list_addons, list_models, models_dir_for
 from sdserver.jobs import TEST_MODEL_PREFIX
-from sdserver.model_files import ADDON_KINDS, addon_on_disk
-from sdserver.model_ids import UPSCALER_MODELS, is_valid_model_id
-from sdserver.model_registry import ModelKind, ModelRecord, ModelRegistry, ModelState
 
 _WEIGHT_SUFFIXES = (".pth", ".safetensors")
 

@@ -11,8 +11,8 @@ from pydantic import AliasChoices, Field
 
 from sdserver.api.fields import Flag, LenientFloat, OptionalText
 from sdserver.api.schemas_generation import CommaList, GenerationParams, Text2ImgRequest, resolve_generation
-from sdserver.engines.diffusion.hints import HINT_PREPROCESSORS, MAX_CONTROLNETS
-from sdserver.engines.diffusion.schedulers_table import SchedulerError, plan_scheduler
+from sdserver.catalog.hints import HINT_TYPES, MAX_CONTROLNETS
+from sdserver.catalog.schedulers import SchedulerError, plan_scheduler
 from sdserver.errors import ValidationError
 
 DEFAULT_STRENGTH: Final = 0.7
@@ -36,7 +36,7 @@ class ControlNetRequest(Text2ImgRequest):
     controlnet_type: CommaList = Field(
         default=None,
         description="What the ControlNet reads (canny, depth, ...): one, or one per ControlNet. With auto_hint yes "
-        f"it picks the hint preprocessor ({', '.join(sorted(HINT_PREPROCESSORS))}).",
+        f"it picks the hint preprocessor ({', '.join(sorted(HINT_TYPES))}).",
     )
     controlnet_conditioning_scale: CommaList = Field(
         default=None, description="ControlNet weight, 0–5 (default 1): one number, or a comma list, one per ControlNet."
@@ -90,7 +90,7 @@ class ControlNetParams:
             "auto_hint": "yes" if self.auto_hint else "no",
             "guess_mode": "yes" if self.guess_mode else "no",
             "strength": self.strength,
-            "hint_preprocessors": sorted(HINT_PREPROCESSORS),
+            "hint_preprocessors": sorted(HINT_TYPES),
         }
 
 
@@ -176,12 +176,12 @@ def _types(value: tuple[str, ...] | None, models: list[str], *, auto_hint: bool)
     types: list[str | None] = (
         list(_per_model("controlnet_type", given, len(models), value))
         if given
-        else [model.lower() if model.lower() in HINT_PREPROCESSORS else None for model in models]
+        else [model.lower() if model.lower() in HINT_TYPES else None for model in models]
     )
     if auto_hint:
         for kind in types:
-            if kind not in HINT_PREPROCESSORS:
-                supported = ", ".join(sorted(HINT_PREPROCESSORS))
+            if kind not in HINT_TYPES:
+                supported = ", ".join(sorted(HINT_TYPES))
                 raise ValidationError.for_field(
                     "controlnet_type",
                     f"auto_hint can make hints for {supported} only (send a ready control_image with auto_hint no)",

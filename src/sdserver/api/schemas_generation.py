@@ -14,9 +14,9 @@ from pydantic_core import PydanticCustomError
 
 from sdserver.api.fields import Flag, LenientFloat, LenientInt, OptionalText, RequiredText, is_absent
 from sdserver.api.schemas import LenientRequest
-from sdserver.engines.diffusion.schedulers_table import SchedulerChoice, SchedulerError, plan_scheduler
+from sdserver.catalog.ids import is_valid_model_id
+from sdserver.catalog.schedulers import SchedulerChoice, SchedulerError, plan_scheduler
 from sdserver.errors import ValidationError
-from sdserver.model_ids import is_valid_model_id
 
 MAX_SIDE = 1024
 MIN_SIDE = 64

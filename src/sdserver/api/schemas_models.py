@@ -12,12 +12,12 @@ from pydantic import BeforeValidator, Field
 from sdserver.api.fields import Flag, OptionalText, RequiredText, parse_choice
 from sdserver.api.schemas import LenientRequest
 from sdserver.api.schemas_generation import TrackId, check_webhook
+from sdserver.catalog.files import SOURCE_HUB, SOURCE_LOCAL, SOURCE_URL, ModelFileError, local_import_path
+from sdserver.catalog.ids import is_valid_model_id
+from sdserver.catalog.registry import ModelKind
 from sdserver.config import Settings
 from sdserver.errors import ValidationError
 from sdserver.jobs import TEST_MODEL_PREFIX
-from sdserver.model_files import SOURCE_HUB, SOURCE_LOCAL, SOURCE_URL, ModelFileError, local_import_path
-from sdserver.model_ids import is_valid_model_id
-from sdserver.model_registry import ModelKind
 
 # The vendor's model_type values and the kind each loads as; huggingface means a diffusers pipeline.
 MODEL_TYPES: Final[dict[str, ModelKind]] = {

@@ -8,8 +8,8 @@ from pydantic import Field
 
 from sdserver.api.fields import Flag, LenientFloat, OptionalText
 from sdserver.api.schemas_generation import JobRequest, check_webhook
+from sdserver.catalog.ids import resolve_upscaler_id
 from sdserver.errors import ValidationError
-from sdserver.model_ids import resolve_upscaler_id
 
 MIN_SCALE = 1.0
 MAX_SCALE = 4.0

@@ -8,15 +8,15 @@ from sqlalchemy.engine import Engine
 
 from sdserver.api.models import ModelCatalog
 from sdserver.auth import KeyStore
+from sdserver.catalog.registry import ModelRegistry
 from sdserver.config import Settings
 from sdserver.database import create_db_engine, server_secret
 from sdserver.images import ImageLimits
-from sdserver.model_registry import ModelRegistry
+from sdserver.jobstore.control import ControlStore
+from sdserver.jobstore.store import JobStore
 from sdserver.netguard import FetchPolicy
-from sdserver.storage import LocalObjectStore
-from sdserver.storage_switch import SwitchingObjectStore, open_switching_store
-from sdserver.store import JobStore
-from sdserver.store_control import ControlStore
+from sdserver.objects.local import LocalObjectStore
+from sdserver.objects.switching import SwitchingObjectStore, open_switching_store
 from sdserver.uploads import UploadRegistry
 
 
@@ -30,7 +30,7 @@ class Services:
     registry: ModelRegistry
     uploads: UploadRegistry
     # Where new objects go (local folder or S3; `update_s3` switches it at run time), reading earlier stores too.
-    store: SwitchingObjectStore
+    objects: SwitchingObjectStore
     # The local folder is always served, so links handed out before a switch to S3 keep working.
     local_files: LocalObjectStore
     image_limits: ImageLimits
@@ -49,7 +49,7 @@ class Services:
         )
         control = ControlStore(engine)
         # A storage setting persisted by update_s3 wins over the environment's.
-        store = open_switching_store(settings, control, signing_secret=secret)
+        objects = open_switching_store(settings, control, signing_secret=secret)
         registry = ModelRegistry(engine)
         return cls(
             settings=settings,
@@ -59,8 +59,8 @@ class Services:
             models=ModelCatalog(settings, registry),
             registry=registry,
             uploads=UploadRegistry(engine, settings.temp_ttl_s),
-            store=store,
-            local_files=store.local,
+            objects=objects,
+            local_files=objects.local,
             image_limits=ImageLimits.from_settings(settings),
             fetch_policy=FetchPolicy.from_settings(settings),
             control=control,

@@ -15,8 +15,9 @@ from sdserver.api.fields import OptionalText, RequiredText, validate_request
 from sdserver.api.schemas import LenientRequest
 from sdserver.api.services import Services
 from sdserver.errors import SdError, StorageError, ValidationError
-from sdserver.storage_switch import build_store, follow_storage
-from sdserver.store_control import Command, S3Config
+from sdserver.jobstore.control import Command
+from sdserver.objects.config import S3Config
+from sdserver.objects.switching import build_store, follow_storage
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def switch_to_s3(services: Services, config: S3Config) -> None:
     Nothing changes unless the probe passed; errors never quote the credentials.
     """
     # Imported here: boto3 is slow to import and only a switch to S3 needs it.
-    from sdserver.storage_s3 import S3ObjectStore
+    from sdserver.objects.s3 import S3ObjectStore
 
     try:
         probe_store = S3ObjectStore.from_settings(
@@ -92,7 +93,7 @@ def switch_to_s3(services: Services, config: S3Config) -> None:
     # The store that serves traffic gets the normal timeouts and retries.
     store = build_store(services.settings, config, signing_secret=services.signing_secret)
     services.control.save_storage(config)
-    services.store.switch(store, config)
+    services.objects.switch(store, config)
     services.control.issue(Command.STORAGE)
     log.info("object store switched to S3 bucket %s (endpoint %s)", config.bucket, config.endpoint_url or "AWS")
 
@@ -104,7 +105,7 @@ async def follow_storage_forever(services: Services) -> None:
         try:
             switched = await run_in_threadpool(
                 follow_storage,
-                services.store,
+                services.objects,
                 services.settings,
                 services.control,
                 signing_secret=services.signing_secret,

@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from sdserver.errors import StorageError
-from sdserver.store_control import Command, CommandWatcher
+from sdserver.jobstore.control import Command, CommandWatcher
 
 if TYPE_CHECKING:
-    from sdserver.worker.engine import Engine
+    from sdserver.engines.base import Engine
 
 log = logging.getLogger(__name__)
 

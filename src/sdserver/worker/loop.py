@@ -13,11 +13,7 @@ from typing import TYPE_CHECKING, Final
 from sqlalchemy import exc as sa_exc
 
 from sdserver.database import DATABASE_OUTAGES
-from sdserver.errors import LeaseLostError, StorageError
-from sdserver.jobs import Job
-from sdserver.storage import ObjectStore
-from sdserver.storage_switch import SwitchingObjectStore
-from sdserver.worker.engine import (
+from sdserver.engines.base import (
     DeviceFailure,
     DeviceOutOfMemory,
     Engine,
@@ -25,10 +21,14 @@ from sdserver.worker.engine import (
     JobCancelled,
     JobFailed,
 )
+from sdserver.errors import LeaseLostError, StorageError
+from sdserver.jobs import Job
+from sdserver.objects.base import ObjectStore
+from sdserver.objects.switching import SwitchingObjectStore
 
 if TYPE_CHECKING:
     from sdserver.config import Settings
-    from sdserver.store import JobStore
+    from sdserver.jobstore.store import JobStore
     from sdserver.worker.control import WorkerControl
 
 log = logging.getLogger(__name__)

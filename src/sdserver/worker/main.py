@@ -18,10 +18,11 @@ from sqlalchemy.engine import Engine as DbEngine
 
 from sdserver.config import Settings
 from sdserver.database import DATABASE_OUTAGES, create_db_engine, server_secret
-from sdserver.storage_switch import SwitchingObjectStore, follow_storage, open_switching_store
-from sdserver.store_control import CommandWatcher, ControlStore
+from sdserver.engines.base import Engine
+from sdserver.engines.factory import build_engines
+from sdserver.jobstore.control import CommandWatcher, ControlStore
+from sdserver.objects.switching import SwitchingObjectStore, follow_storage, open_switching_store
 from sdserver.worker.control import WorkerControl
-from sdserver.worker.engine import Engine, build_engines
 from sdserver.worker.loop import EXIT_OK, Worker, backoff_delay
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def run_worker(
     """Run one worker until stopped: 0 after a graceful stop, 3 after a device failure, 4 when a restart was
     requested (restart_server), 2 on bad settings."""
     # Imported here so importing this module (e.g. for `settings_to_env`) does not need the job store yet.
-    from sdserver.store import JobStore
+    from sdserver.jobstore.store import JobStore
 
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)

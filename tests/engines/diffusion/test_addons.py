@@ -13,11 +13,12 @@ import pytest
 from PIL import Image
 
 from sdserver.config import Settings
+from sdserver.engines.base import EngineOutput, JobFailed
 from sdserver.engines.diffusion import addons as addons_module
 from sdserver.engines.diffusion.engine import DiffusionEngine
 from sdserver.jobs import JobKind
-from sdserver.storage import LocalObjectStore, make_object_key
-from sdserver.worker.engine import EngineOutput, JobFailed
+from sdserver.objects.base import make_object_key
+from sdserver.objects.local import LocalObjectStore
 from tests.support.tiny_addons import make_tiny_embedding, make_tiny_lora, make_tiny_vae
 from tests.support.tiny_sd import RecordingContext, make_job, make_tiny_model, pixels, png_bytes
 

@@ -12,11 +12,12 @@ import pytest
 from PIL import Image
 
 from sdserver.config import Settings
+from sdserver.engines.base import EngineOutput, JobCancelled, JobFailed
 from sdserver.engines.diffusion.engine import DiffusionEngine
 from sdserver.engines.diffusion.hints import canny_hint
 from sdserver.jobs import Job, JobKind
-from sdserver.storage import LocalObjectStore, make_object_key
-from sdserver.worker.engine import EngineOutput, JobCancelled, JobFailed
+from sdserver.objects.base import make_object_key
+from sdserver.objects.local import LocalObjectStore
 from tests.support.tiny_addons import make_tiny_lora
 from tests.support.tiny_controlnet import make_tiny_controlnet
 from tests.support.tiny_sd import RecordingContext, make_job, make_tiny_model, pixels, png_bytes

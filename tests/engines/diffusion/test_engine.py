@@ -14,11 +14,12 @@ import torch
 from PIL import Image
 
 from sdserver.config import Settings
+from sdserver.engines.base import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobCancelled, JobFailed
 from sdserver.engines.diffusion import engine as engine_module
 from sdserver.engines.diffusion.engine import DiffusionEngine
 from sdserver.jobs import Job, JobKind
-from sdserver.storage import LocalObjectStore, make_object_key
-from sdserver.worker.engine import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobCancelled, JobFailed
+from sdserver.objects.base import make_object_key
+from sdserver.objects.local import LocalObjectStore
 from tests.support.tiny_sd import RecordingContext, make_job, make_tiny_model, pixels, png_bytes
 
 # diffusers hands torch tensors to numpy 2 APIs in ways numpy deprecates; not ours to fix.
@@ -309,7 +310,7 @@ def test_low_free_memory_evicts_before_the_count_limit(tmp_path: Path) -> None:
 
 
 def test_model_footprint_counts_weight_files(tmp_path: Path) -> None:
-    from sdserver.engines.diffusion.models import find_model
+    from sdserver.catalog.layout import find_model
 
     make_tiny_model(tmp_path / "models", "sized")
     source = find_model(tmp_path / "models", "sized")

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from sdserver import safety
+from sdserver.engines.base import JobFailed
 from sdserver.engines.diffusion.finishing import finish_images, generation_parameters
-from sdserver.worker.engine import JobFailed
 from tests.support.tiny_sd import make_job
 
 

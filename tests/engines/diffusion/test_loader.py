@@ -16,11 +16,12 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sdserver.config import Settings
+from sdserver.engines.base import JobFailed
 from sdserver.engines.diffusion.engine import DiffusionEngine
 from sdserver.engines.diffusion.loader import SD1_TEXT_KEY, UNET_INPUT_KEY, bundled_config_dir, checkpoint_shapes
 from sdserver.jobs import JobKind
-from sdserver.storage import LocalObjectStore, make_object_key
-from sdserver.worker.engine import JobFailed
+from sdserver.objects.base import make_object_key
+from sdserver.objects.local import LocalObjectStore
 from tests.support.tiny_sd import RecordingContext, make_job, make_tiny_model, pixels, png_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*")

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from sdserver.engines.diffusion.models import (
+from sdserver.catalog.ids import is_valid_model_id
+from sdserver.catalog.layout import (
     ModelFormat,
     find_model,
     list_models,
 )
-from sdserver.model_ids import is_valid_model_id
 
 
 def _folder(models_dir: Path, model_id: str) -> Path:
@@ -116,8 +116,8 @@ def test_api_side_modules_import_without_torch() -> None:
                     raise ImportError(f"blocked import of {name}")
                 return None
         sys.meta_path.insert(0, Blocker())
-        import sdserver.engines.diffusion.models as models
-        import sdserver.engines.diffusion.schedulers_table as table
+        import sdserver.catalog.layout as models
+        import sdserver.catalog.schedulers as table
         assert models.find_model(__import__("pathlib").Path("/nonexistent"), "sd-1.5") is None
         assert table.plan_scheduler("Euler a", True, None).class_name == "EulerAncestralDiscreteScheduler"
         print("ok")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from sdserver.config import Settings
-from sdserver.engines.diffusion.engine import DiffusionEngine
-from sdserver.engines.diffusion.schedulers_table import (
+from sdserver.catalog.schedulers import (
     A1111_ALIASES,
     NOISE_ONLY_SCHEDULERS,
     SAMPLING_SCHEDULERS,
@@ -17,9 +15,12 @@ from sdserver.engines.diffusion.schedulers_table import (
     SchedulerError,
     plan_scheduler,
 )
+from sdserver.config import Settings
+from sdserver.engines.base import JobFailed
+from sdserver.engines.diffusion.engine import DiffusionEngine
 from sdserver.jobs import JobKind
-from sdserver.storage import LocalObjectStore, make_object_key
-from sdserver.worker.engine import JobFailed
+from sdserver.objects.base import make_object_key
+from sdserver.objects.local import LocalObjectStore
 from tests.support.tiny_sd import RecordingContext, make_job, make_tiny_model, png_bytes
 
 MODEL = "tiny-sched"

@@ -18,15 +18,17 @@ from PIL import Image
 
 from sdserver.config import Settings
 from sdserver.database import create_db_engine
+from sdserver.engines.base import JobCancelled, JobFailed
+from sdserver.engines.factory import build_engines
 from sdserver.engines.upscale.archs import OFFICIAL_MODELS, ArchSpec
 from sdserver.engines.upscale.engine import UpscaleEngine, weights_folder
+from sdserver.engines.upscale.tiny import write_official_weights, write_weights
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus
-from sdserver.storage import LocalObjectStore, make_object_key
-from sdserver.store import JobStore
-from sdserver.worker.engine import JobCancelled, JobFailed, build_engines
+from sdserver.jobstore.store import JobStore
+from sdserver.objects.base import make_object_key
+from sdserver.objects.local import LocalObjectStore
 from sdserver.worker.loop import Worker
 from tests.engines.upscale.test_tiling import smooth_image
-from tests.support.esrgan_weights import write_official_weights, write_weights
 
 SECRET = "upscale-test-signing-secret"
 COMPACT = "realesr-general-x4v3"
@@ -238,7 +240,7 @@ def test_torch_loads_only_when_the_upscale_engine_is_built(tmp_path: Path) -> No
     """The API process imports the worker seam and the job spine; none of that may pull torch in."""
     script = (
         "import sys\n"
-        "import sdserver.api, sdserver.worker.engine, sdserver.worker.loop, sdserver.worker.main, sdserver.engines\n"
+        "import sdserver.api, sdserver.engines.base, sdserver.worker.loop, sdserver.worker.main, sdserver.engines\n"
         "assert 'torch' not in sys.modules, 'torch imported by the API side'\n"
         "import sdserver.engines.upscale\n"
         "assert 'torch' not in sys.modules, 'torch imported by the package marker'\n"

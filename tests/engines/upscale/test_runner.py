@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from sdserver.engines.precision import choose_placement, cpu_has_native_bf16
 from sdserver.engines.upscale.archs import OFFICIAL_MODELS
-from sdserver.engines.upscale.precision import choose_precision, cpu_has_native_bf16, resolve_precision
 from sdserver.engines.upscale.runner import Upscaler, load_upscaler, output_size
+from sdserver.engines.upscale.tiny import write_official_weights
 from tests.engines.upscale.test_tiling import smooth_image
-from tests.support.esrgan_weights import write_official_weights
 
 SCALES = [1.0, 2.0, 2.5, 3.0, 4.0]
 
@@ -133,11 +133,11 @@ def test_progress_is_reported_per_tile(compact: Upscaler) -> None:
 
 
 def test_precision_choice() -> None:
-    assert choose_precision("cuda") == torch.float16
-    assert choose_precision("cpu") == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
-    assert resolve_precision("fp32", "cpu") == torch.float32
+    assert choose_placement("auto", "cuda").dtype == torch.float16
+    assert choose_placement("auto", "cpu").dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert choose_placement("fp32", "cpu").dtype == torch.float32
     with pytest.raises(ValueError, match="precision must be one of"):
-        resolve_precision("int8", "cpu")  # type: ignore[arg-type]
+        choose_placement("int8", "cpu")  # type: ignore[arg-type]
 
 
 def test_bf16_is_close_to_fp32(weights: Path, record_property: Callable[[str, object], None]) -> None:

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from sdserver.engines.base import DeviceOutOfMemory
 from sdserver.engines.upscale.runner import Upscaler, load_upscaler
 from sdserver.engines.upscale.tiling import MIN_TILE, plan_axis, plan_tiles, smaller_tile
-from sdserver.worker.engine import DeviceOutOfMemory
-from tests.support.esrgan_weights import write_official_weights
+from sdserver.engines.upscale.tiny import write_official_weights
 
 
 def smooth_image(width: int, height: int, seed: int = 0) -> Image.Image:

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from sdserver.engines.upscale.archs import OFFICIAL_MODELS, ArchSpec, RRDBNet, SRVGGNetCompact
 from sdserver.engines.upscale.runner import load_upscaler
+from sdserver.engines.upscale.tiny import LAYOUTS, seeded_state_dict, write_official_weights, write_weights
 from sdserver.engines.upscale.weights import (
     UnsupportedWeightsError,
     build_network,
@@ -19,7 +20,6 @@ from sdserver.engines.upscale.weights import (
     load_network,
     read_state_dict,
 )
-from tests.support.esrgan_weights import LAYOUTS, seeded_state_dict, write_official_weights, write_weights
 
 MODEL_IDS = sorted(OFFICIAL_MODELS)
 

@@ -17,7 +17,7 @@ from sdserver.api.schemas_controlnet import ControlNetParams, ControlNetRequest,
 from sdserver.api.schemas_generation import GenerationParams
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
-from sdserver.engines.diffusion.models import AddonKind, find_addon, models_dir_for
+from sdserver.catalog.layout import AddonKind, find_addon, models_dir_for
 from sdserver.jobs import JobKind
 
 router = APIRouter(tags=["generation"])

@@ -23,7 +23,7 @@ from sdserver.api.schemas_generation import (
 )
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
-from sdserver.engines.diffusion.models import AddonKind
+from sdserver.catalog.layout import AddonKind
 from sdserver.errors import ModelNotFoundError, ValidationError
 from sdserver.jobs import JobKind, JobSpec
 

@@ -30,10 +30,10 @@ from sdserver.api.schemas_models import (
 )
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
+from sdserver.catalog.files import remove_model_files
+from sdserver.catalog.registry import ModelKind, ModelState
 from sdserver.errors import ModelNotFoundError, SdError
 from sdserver.jobs import JobKind, JobSpec
-from sdserver.model_files import remove_model_files
-from sdserver.model_registry import ModelKind, ModelState
 
 router = APIRouter(tags=["model management"])
 

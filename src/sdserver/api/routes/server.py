@@ -22,11 +22,11 @@ from sdserver.api.params import find_api_key, read_params
 from sdserver.api.replies import error_reply_for
 from sdserver.api.schemas import openapi_body
 from sdserver.api.storage_control import UpdateS3Request, s3_config_from, switch_to_s3
-from sdserver.engines.diffusion.schedulers_table import SAMPLING_SCHEDULERS, SCHEDULER_NAMES
+from sdserver.catalog.schedulers import SAMPLING_SCHEDULERS, SCHEDULER_NAMES
 from sdserver.errors import ForbiddenError, SdError
 from sdserver.jobs import JobStatus
-from sdserver.store_control import Command
-from sdserver.store_stats import read_stats
+from sdserver.jobstore.control import Command
+from sdserver.jobstore.stats import read_stats
 
 router = APIRouter(tags=["server management"])
 
@@ -81,7 +81,7 @@ async def system_details(services: ServicesDep, _admin: AdminDep) -> dict[str, A
         "workers": workers,
         "devices": sorted({worker.device for worker in stats.workers if worker.device}),
         "memory": host_memory(),
-        "storage": "s3" if services.store.config or services.settings.storage == "s3" else "local",
+        "storage": "s3" if services.objects.config or services.settings.storage == "s3" else "local",
     }
 
 
@@ -93,7 +93,7 @@ async def schedulers_list(_caller: CallerDep) -> dict[str, Any]:
 async def clear_cache(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
     def clear() -> tuple[int, int]:
         services.control.issue(Command.CLEAR_CACHE)
-        removed = services.store.purge_expired()
+        removed = services.objects.purge_expired()
         services.uploads.forget_expired()
         return removed, len(services.jobs.live_workers(within_s=60.0))
 

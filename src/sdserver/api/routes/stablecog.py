@@ -43,6 +43,6 @@ async def stablecog_upload(services: ServicesDep, caller: CallerDep, params: Par
         raise ImageTooLargeError(f"the file is larger than the {limit} byte limit", field="file")
     image = await run_in_threadpool(inspect_image, data, services.image_limits, field="file")
     saved = await run_in_threadpool(
-        services.uploads.save, services.store, image, owner=caller, endpoint="stablecog_upload", temp=False
+        services.uploads.save, services.objects, image, owner=caller, endpoint="stablecog_upload", temp=False
     )
     return {"object": saved.url}

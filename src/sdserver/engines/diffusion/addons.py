@@ -14,9 +14,9 @@ from typing import Any, Final
 import torch
 from safetensors import SafetensorError
 
-from sdserver.engines.diffusion.models import AddonKind, find_addon
+from sdserver.catalog.layout import AddonKind, find_addon
+from sdserver.engines.base import JobFailed
 from sdserver.jobs import Job
-from sdserver.worker.engine import JobFailed
 
 # Loaded adapters stay on the model (disabled between jobs) so a popular LoRA is not re-read every job.
 MAX_CACHED_LORAS: Final = 8

@@ -20,19 +20,20 @@ from diffusers import (
 )
 from PIL import Image
 
+from sdserver.catalog.hints import MAX_CONTROLNETS
+from sdserver.catalog.layout import AddonKind, find_addon
+from sdserver.catalog.schedulers import SchedulerChoice, SchedulerError, plan_scheduler
+from sdserver.engines.base import EngineOutput, JobFailed, StepContext
 from sdserver.engines.diffusion import pipelines
 from sdserver.engines.diffusion.addons import AddonRequest, job_addons
 from sdserver.engines.diffusion.finishing import finish_images
-from sdserver.engines.diffusion.hints import HINT_PREPROCESSORS, MAX_CONTROLNETS, make_hint
+from sdserver.engines.diffusion.hints import HINT_PREPROCESSORS, make_hint
 from sdserver.engines.diffusion.loader import INPAINT_IN_CHANNELS, LoadedModel, unet_in_channels
-from sdserver.engines.diffusion.models import AddonKind, find_addon
-from sdserver.engines.diffusion.precision import Placement
 from sdserver.engines.diffusion.prompts import clip_skip_kwargs
 from sdserver.engines.diffusion.schedulers import build_scheduler
-from sdserver.engines.diffusion.schedulers_table import SchedulerChoice, SchedulerError, plan_scheduler
+from sdserver.engines.precision import Placement
 from sdserver.jobs import Job, JobKind
-from sdserver.storage import ObjectStore
-from sdserver.worker.engine import EngineOutput, JobFailed, StepContext
+from sdserver.objects.base import ObjectStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

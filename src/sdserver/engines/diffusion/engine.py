@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING, Final
 
 import torch
 
+from sdserver.catalog.ids import is_valid_model_id
+from sdserver.catalog.layout import ModelSource, find_model, list_models, models_dir_for
+from sdserver.engines.base import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobFailed, StepContext
 from sdserver.engines.diffusion.controlnet import ControlNetCache, run_controlnet_job
 from sdserver.engines.diffusion.loader import LoadedModel, load_model
-from sdserver.engines.diffusion.models import ModelSource, find_model, list_models, models_dir_for
 from sdserver.engines.diffusion.pipelines import run_job
-from sdserver.engines.diffusion.precision import Placement, PrecisionSetting, choose_placement
+from sdserver.engines.precision import Placement, PrecisionSetting, choose_placement
 from sdserver.jobs import Job, JobKind
-from sdserver.model_ids import is_valid_model_id
-from sdserver.worker.engine import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobFailed, StepContext
 
 if TYPE_CHECKING:
     from sdserver.config import Settings
-    from sdserver.storage import ObjectStore
+    from sdserver.objects.base import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from typing import Any, Final
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from sdserver.engines.base import JobFailed
 from sdserver.images import normalize_mode
 from sdserver.jobs import Job
-from sdserver.worker.engine import JobFailed
 
 # The PNG tEXt key A1111, ComfyUI importers and image viewers read generation settings from.
 PARAMETERS_KEY: Final = "parameters"

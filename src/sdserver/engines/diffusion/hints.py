@@ -1,5 +1,4 @@
-"""ControlNet hint preprocessors (`auto_hint`): which types have one, and making the hint; torch-free and light to
-import, so the API validates `controlnet_type` (and the ControlNet count) against the same table."""
+"""ControlNet hint preprocessors (`auto_hint`): make the hint image for each type the catalog names."""
 
 from __future__ import annotations
 
@@ -8,13 +7,11 @@ from typing import Final
 
 from PIL import Image
 
-# ControlNets one job may combine (MultiControlNet); the engine keeps as many loaded.
-MAX_CONTROLNETS: Final = 2
+from sdserver.catalog.hints import HINT_TYPES
 
 
 def canny_hint(image: Image.Image) -> Image.Image:
-    """White Canny edges on black (RGB); numpy is imported only here, so the API (which reads this table) never
-    loads it."""
+    """White Canny edges on black (RGB)."""
     from sdserver.engines.diffusion.canny import canny_edges
 
     return canny_edges(image)
@@ -25,12 +22,12 @@ def passthrough_hint(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-# What `auto_hint` can make, by `controlnet_type`. Other types (depth, openpose, ...) need a ready `control_image`.
 HINT_PREPROCESSORS: Final[dict[str, Callable[[Image.Image], Image.Image]]] = {
     "canny": canny_hint,
     "ip2p": passthrough_hint,
     "tile": passthrough_hint,
 }
+assert frozenset(HINT_PREPROCESSORS) == HINT_TYPES, "the catalog's hint names and the preprocessors must match"
 
 
 def make_hint(image: Image.Image, controlnet_type: str) -> Image.Image:

@@ -16,11 +16,11 @@ from diffusers import (
 )
 from safetensors import safe_open
 
+from sdserver.catalog.layout import MODEL_INDEX, ModelFormat, ModelSource
+from sdserver.engines.base import JobFailed
 from sdserver.engines.diffusion.addons import AddonCache
-from sdserver.engines.diffusion.models import MODEL_INDEX, ModelFormat, ModelSource
-from sdserver.engines.diffusion.precision import Placement
+from sdserver.engines.precision import Placement
 from sdserver.jobs import JobKind
-from sdserver.worker.engine import JobFailed
 
 # Pipeline classes whose folders hold the SD 1.x/2.x component set the three pipelines share.
 SUPPORTED_PIPELINES: Final = frozenset(

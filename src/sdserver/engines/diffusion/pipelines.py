@@ -12,16 +12,16 @@ from typing import Any, Final
 import torch
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
+from sdserver.catalog.schedulers import SchedulerChoice, SchedulerError, plan_scheduler
+from sdserver.engines.base import EngineOutput, JobFailed, StepContext
 from sdserver.engines.diffusion.addons import TOME_RATIO, AddonRequest, job_addons
 from sdserver.engines.diffusion.finishing import FinishedImages, finish_images
 from sdserver.engines.diffusion.loader import INPAINT_IN_CHANNELS, LoadedModel, unet_in_channels
 from sdserver.engines.diffusion.prompts import clip_skip_kwargs
 from sdserver.engines.diffusion.schedulers import build_scheduler
-from sdserver.engines.diffusion.schedulers_table import SchedulerChoice, SchedulerError, plan_scheduler
 from sdserver.errors import NotFoundError
 from sdserver.jobs import Job, JobKind
-from sdserver.storage import ObjectStore
-from sdserver.worker.engine import EngineOutput, JobFailed, StepContext
+from sdserver.objects.base import ObjectStore
 
 DEFAULT_GUIDANCE: Final = 7.5
 DEFAULT_STRENGTH: Final = 0.7

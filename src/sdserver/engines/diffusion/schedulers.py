@@ -7,7 +7,7 @@ from typing import Any
 
 import diffusers
 
-from sdserver.engines.diffusion.schedulers_table import KARRAS_SCHEDULERS, SchedulerChoice
+from sdserver.catalog.schedulers import KARRAS_SCHEDULERS, SchedulerChoice
 
 # DPM-Solver's first-order variants cannot end on sigma 0 (diffusers refuses `final_sigmas_type="zero"` for them).
 _NEEDS_SIGMA_MIN_END = frozenset({"dpmsolver", "sde-dpmsolver"})

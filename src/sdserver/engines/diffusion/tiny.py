@@ -18,7 +18,7 @@ from diffusers import (
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from sdserver.engines.diffusion.models import CHECKPOINTS_DIR, CONFIG_DIR_SUFFIX, DIFFUSERS_DIR
+from sdserver.catalog.layout import CHECKPOINTS_DIR, CONFIG_DIR_SUFFIX, DIFFUSERS_DIR
 
 # Words the tiny tokenizer knows whole; anything else falls back to single characters.
 TINY_WORDS = ("a", "cat", "dog", "photo", "of", "the", "red", "blue", "house", "ugly", "blurry", "tree")

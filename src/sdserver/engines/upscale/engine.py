@@ -15,15 +15,15 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sdserver.config import Settings
+from sdserver.engines.base import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobFailed, StepContext
+from sdserver.engines.precision import PrecisionSetting, choose_device
 from sdserver.engines.upscale.archs import OFFICIAL_MODELS
-from sdserver.engines.upscale.precision import PrecisionChoice, default_device
 from sdserver.engines.upscale.runner import DEFAULT_TILE_PAD, Upscaler, output_size
 from sdserver.engines.upscale.tiling import is_out_of_memory
 from sdserver.engines.upscale.weights import UnsupportedWeightsError, find_weights, list_weight_ids, load_network
 from sdserver.errors import NotFoundError
 from sdserver.jobs import Job, JobKind
-from sdserver.storage import ObjectStore
-from sdserver.worker.engine import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobFailed, StepContext
+from sdserver.objects.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class UpscaleEngine:
         objects: ObjectStore,
         *,
         device: torch.device | str | None = None,
-        precision: PrecisionChoice = "auto",
+        precision: PrecisionSetting = "auto",
         tile: int | None = None,
         tile_pad: int = DEFAULT_TILE_PAD,
         tile_batch: int = 1,
@@ -62,8 +62,8 @@ class UpscaleEngine:
     ) -> None:
         self._objects = objects
         self._folder = weights_folder(settings)
-        self._device = torch.device(device) if device is not None else default_device()
-        self._precision: PrecisionChoice = precision
+        self._device = torch.device(choose_device(device))
+        self._precision: PrecisionSetting = precision
         self._tile, self._tile_pad, self._tile_batch = tile, tile_pad, tile_batch
         self._max_loaded = max(1, max_loaded)
         self._max_pixels = max_input_pixels or settings.max_upscale_input_pixels

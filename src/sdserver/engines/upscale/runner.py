@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from sdserver.engines.precision import PrecisionSetting, choose_placement
 from sdserver.engines.upscale.archs import ArchSpec
-from sdserver.engines.upscale.precision import PrecisionChoice, default_device, precision_name, resolve_precision
 from sdserver.engines.upscale.tiling import OnTile, run_tiles_with_retry
 from sdserver.engines.upscale.weights import load_network
 
@@ -113,12 +113,14 @@ class Upscaler:
         spec: ArchSpec,
         *,
         device: torch.device | str | None = None,
-        precision: PrecisionChoice = "auto",
+        precision: PrecisionSetting = "auto",
         tile_pad: int = DEFAULT_TILE_PAD,
         tile_batch: int = 1,
     ) -> None:
-        self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = resolve_precision(precision, self.device)
+        placement = choose_placement(precision, device)
+        self.device = torch.device(placement.device)
+        self.dtype = placement.dtype
+        self.precision: str = placement.precision
         self.spec = spec
         self.scale = spec.scale
         self.tile_pad = tile_pad
@@ -128,10 +130,6 @@ class Upscaler:
         # channels_last lets oneDNN (CPU) and cuDNN pick their fastest convolution kernels (about 1.5× on CPU).
         model = model.to(device=self.device, dtype=self.dtype)
         self.model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # untyped kwarg
-
-    @property
-    def precision(self) -> str:
-        return precision_name(self.dtype)
 
     def upscale(
         self, image: Image.Image, scale: float, *, tile: int | None = None, on_tile: OnTile | None = None
@@ -185,7 +183,7 @@ def load_upscaler(
     path: Path | str,
     *,
     device: torch.device | str | None = None,
-    precision: PrecisionChoice = "auto",
+    precision: PrecisionSetting = "auto",
     tile_pad: int = DEFAULT_TILE_PAD,
     tile_batch: int = 1,
 ) -> Upscaler:

@@ -12,7 +12,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from sdserver.worker.engine import DeviceOutOfMemory
+from sdserver.engines.base import DeviceOutOfMemory
 
 # Below this a tile is mostly overlap; an image that will not run in such tiles will not run at all.
 MIN_TILE: Final = 32

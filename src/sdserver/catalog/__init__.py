@@ -1,0 +1,1 @@
+"""Model knowledge without torch: ids, files on disk, the registry, downloads, schedulers, hint names."""
