@@ -24,14 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sdserver {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="start the API on the configured store (default: embedded)")
+    serve = commands.add_parser("serve", help="start the API (and local workers) on the configured job store (default: embedded SQLite)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     _add_data_dir(serve)
     serve.add_argument("--workers", type=int, help="local worker processes to start (default 1; 0: API only)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
-    worker = commands.add_parser("worker", help="run one worker process (owns the device) against the store")
+    worker = commands.add_parser("worker", help="run one worker process (owns the device) against the job store")
     _add_data_dir(worker)
     worker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 

@@ -33,7 +33,7 @@ class UploadRegistry:
 
     def save(
         self,
-        store: ObjectStore,
+        objects: ObjectStore,
         image: DecodedImage,
         *,
         data: bytes | None = None,
@@ -44,7 +44,7 @@ class UploadRegistry:
         """Store `data` (default: the image's original bytes) and record who uploaded it."""
         payload = image.data if data is None else data
         key = make_object_key("uploads", image.ext, temp=temp)
-        stored = store.put(key, payload, image.content_type)
+        stored = objects.put(key, payload, image.content_type)
         now = utcnow()
         try:
             with self._engine.begin() as conn:
@@ -65,7 +65,7 @@ class UploadRegistry:
                 ).scalar_one()
         except Exception:
             # No row means nobody can ever find the object again: do not leave it behind.
-            store.delete(key)
+            objects.delete(key)
             raise
         return SavedUpload(id=upload_id, object_key=key, url=stored.url)
 
