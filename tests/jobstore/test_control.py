@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
+from sdserver.config import S3Config
 from sdserver.database import create_db_engine
 from sdserver.jobs import JobKind, JobSpec, JobStatus
 from sdserver.jobstore.control import Command, CommandWatcher, ControlStore
 from sdserver.jobstore.store import JobStore
-from sdserver.objects.config import S3Config
 from tests.support.postgres_server import fresh_database
 
 CONFIG = S3Config(

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from sdserver.config import S3Config
 from sdserver.engines.fake import FakeEngine
 from sdserver.jobs import JobKind, JobSpec, JobStatus
 from sdserver.jobstore.control import Command, CommandWatcher, ControlStore
 from sdserver.objects.base import make_object_key
-from sdserver.objects.config import S3Config
 from sdserver.objects.switching import follow_storage
 from sdserver.worker.control import WorkerControl
 from sdserver.worker.loop import EXIT_RESTART, Worker

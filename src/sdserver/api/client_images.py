@@ -7,9 +7,9 @@ import dataclasses
 from starlette.concurrency import run_in_threadpool
 
 from sdserver.api.services import Services
+from sdserver.api.uploads import SavedUpload
 from sdserver.auth import ApiKey
 from sdserver.images import DecodedImage, center_crop_square, encode_image, load_image_input
-from sdserver.uploads import SavedUpload
 
 CROP_SIZE = 512
 

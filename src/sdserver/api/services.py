@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 from sdserver.api.models import ModelCatalog
+from sdserver.api.uploads import UploadRegistry
 from sdserver.auth import KeyStore
 from sdserver.catalog.registry import ModelRegistry
 from sdserver.config import Settings
@@ -17,7 +18,6 @@ from sdserver.jobstore.store import JobStore
 from sdserver.netguard import FetchPolicy
 from sdserver.objects.local import LocalObjectStore
 from sdserver.objects.switching import SwitchingObjectStore, open_switching_store
-from sdserver.uploads import UploadRegistry
 
 
 @dataclass

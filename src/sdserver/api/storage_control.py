@@ -14,9 +14,9 @@ from starlette.concurrency import run_in_threadpool
 from sdserver.api.fields import OptionalText, RequiredText, validate_request
 from sdserver.api.schemas import LenientRequest
 from sdserver.api.services import Services
+from sdserver.config import S3Config
 from sdserver.errors import SdError, StorageError, ValidationError
 from sdserver.jobstore.control import Command
-from sdserver.objects.config import S3Config
 from sdserver.objects.switching import build_store, follow_storage
 
 log = logging.getLogger(__name__)

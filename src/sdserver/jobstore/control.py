@@ -13,11 +13,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from sdserver.config import S3Config
 from sdserver.database import metadata, utcnow
 from sdserver.jobs import JobStatus, can_transition
 from sdserver.jobstore.pg_wakeups import CHANGE_CHANNEL, WORK_CHANNEL, notify
 from sdserver.jobstore.tables import jobs, to_db_time
-from sdserver.objects.config import S3Config
 
 control_commands = sa.Table(
     "control_commands",

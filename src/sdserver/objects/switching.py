@@ -7,10 +7,10 @@ import threading
 from collections.abc import Iterator
 from datetime import datetime
 
-from sdserver.config import Settings
+from sdserver.config import S3Config, Settings
 from sdserver.errors import NotFoundError
 from sdserver.objects.base import ObjectStore, StoredObject
-from sdserver.objects.config import S3Config, StorageSettingSource
+from sdserver.objects.config import StorageSettingSource
 from sdserver.objects.local import LocalObjectStore
 
 # Stores kept readable after being replaced (the local folder always is): bounded, since each S3 store
