@@ -32,7 +32,7 @@ from sdserver.api.services import Services
 from sdserver.auth import ApiKey
 from sdserver.catalog.files import remove_model_files
 from sdserver.catalog.registry import ModelKind, ModelState
-from sdserver.errors import ModelNotFoundError, SdError
+from sdserver.errors import JobErrorCode, ModelNotFoundError, SdError
 from sdserver.jobs import JobKind, JobSpec
 
 router = APIRouter(tags=["model management"])
@@ -144,7 +144,7 @@ def _delete(services: Services, model_id: str, only: ModelKind | None) -> list[M
         if waiting and kind not in services.models.kinds_of(model_id):
             # No worker would ever claim these: they fail now, like a request for an unknown model would.
             services.jobs.fail_queued_for_model(
-                model_id, waiting, code="model_not_found", message="Model id not found (it was deleted)"
+                model_id, waiting, code=JobErrorCode.MODEL_NOT_FOUND, message="Model id not found (it was deleted)"
             )
     return kinds
 

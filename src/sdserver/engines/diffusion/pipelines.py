@@ -4,13 +4,12 @@ then the shared post-processing (`finish_images`: safety screen, PNG with genera
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import torch
-from PIL import Image, ImageFilter, UnidentifiedImageError
+from PIL import Image, ImageFilter
 
 from sdserver.catalog.schedulers import SchedulerChoice, SchedulerError, plan_scheduler
 from sdserver.engines.base import EngineOutput, JobFailed, StepContext
@@ -19,7 +18,8 @@ from sdserver.engines.diffusion.finishing import FinishedImages, finish_images
 from sdserver.engines.diffusion.loader import INPAINT_IN_CHANNELS, LoadedModel, unet_in_channels
 from sdserver.engines.diffusion.prompts import clip_skip_kwargs
 from sdserver.engines.diffusion.schedulers import build_scheduler
-from sdserver.errors import NotFoundError
+from sdserver.engines.inputs import read_input_image
+from sdserver.errors import JobErrorCode
 from sdserver.jobs import Job, JobKind
 from sdserver.objects.base import ObjectStore
 
@@ -111,7 +111,9 @@ def run_job(
 ) -> EngineOutput:
     """Make `samples` images for one job as one batch; raises JobFailed for inputs the job cannot use."""
     if job.kind is not JobKind.INPAINT and unet_in_channels(model) == INPAINT_IN_CHANNELS:
-        raise JobFailed("unsupported_model", f"Model {model.model_id} is an inpainting model; use it with inpaint")
+        raise JobFailed(
+            JobErrorCode.UNSUPPORTED_MODEL, f"Model {model.model_id} is an inpainting model; use it with inpaint"
+        )
     inputs = job_inputs(job)
     choice = choose_scheduler(model, job, inputs)
     pipeline = model.pipelines[job.kind]
@@ -222,17 +224,7 @@ def run_meta(inputs: JobInputs, choice: SchedulerChoice, model: LoadedModel, ski
 
 def read_image(objects: ObjectStore, key: Any, size: tuple[int, int], mode: str, field: str) -> Image.Image:
     """A stored input image decoded, converted to `mode` and resized to the job's size."""
-    if not isinstance(key, str) or not key:
-        raise JobFailed("invalid_image", f"{field}: the job has no stored image")
-    try:
-        data = objects.get(key)
-    except NotFoundError as exc:
-        raise JobFailed("image_not_found", f"{field}: the stored image is gone ({key})") from exc
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            image = opened.convert(mode)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise JobFailed("invalid_image", f"{field}: the stored image could not be decoded: {exc}") from exc
+    image = read_input_image(objects, key, field, mode=mode)
     return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
 
 
