@@ -70,14 +70,10 @@ def _job_params(
     return resolved.job_params() | {"fetch_prefix": family_prefix(path), "meta": meta} | control.job_params()
 
 
-def _register() -> None:
-    add_alias_routes(
-        router,
-        CONTROLNET_PATHS,
-        controlnet,
-        summary="ControlNet generation (text2img, img2img or inpaint steered by control images)",
-        body=ControlNetRequest,
-    )
-
-
-_register()
+add_alias_routes(
+    router,
+    CONTROLNET_PATHS,
+    controlnet,
+    summary="ControlNet generation (text2img, img2img or inpaint steered by control images)",
+    body=ControlNetRequest,
+)

@@ -127,12 +127,8 @@ async def inpaint(request: Request, services: ServicesDep, caller: CallerDep, pa
     return await _generate(JobKind.INPAINT, InpaintRequest, request, services, caller, params.values)
 
 
-def _register() -> None:
-    add_alias_routes(router, TEXT2IMG_PATHS, text2img, summary="Text to image", body=Text2ImgRequest)
-    add_alias_routes(router, IMG2IMG_PATHS, img2img, summary="Image to image", body=Img2ImgRequest)
-    add_alias_routes(
-        router, INPAINT_PATHS, inpaint, summary="Inpainting (white in the mask is repainted)", body=InpaintRequest
-    )
-
-
-_register()
+add_alias_routes(router, TEXT2IMG_PATHS, text2img, summary="Text to image", body=Text2ImgRequest)
+add_alias_routes(router, IMG2IMG_PATHS, img2img, summary="Image to image", body=Img2ImgRequest)
+add_alias_routes(
+    router, INPAINT_PATHS, inpaint, summary="Inpainting (white in the mask is repainted)", body=InpaintRequest
+)

@@ -51,14 +51,10 @@ async def nsfw_image_check(services: ServicesDep, caller: CallerDep, params: Par
     }
 
 
-def _register() -> None:
-    add_alias_routes(
-        router,
-        NSFW_CHECK_PATHS,
-        nsfw_image_check,
-        summary="Check an image with the open_nsfw classifier",
-        body=NsfwImageCheckRequest,
-    )
-
-
-_register()
+add_alias_routes(
+    router,
+    NSFW_CHECK_PATHS,
+    nsfw_image_check,
+    summary="Check an image with the open_nsfw classifier",
+    body=NsfwImageCheckRequest,
+)

@@ -70,14 +70,10 @@ async def super_resolution(
     return await run_job(services, spec, instant_response=resolved.instant_response)
 
 
-def _register() -> None:
-    add_alias_routes(
-        router,
-        SUPER_RESOLUTION_STRING_PATHS + SUPER_RESOLUTION_LIST_PATHS,
-        super_resolution,
-        summary="Upscale an image with Real-ESRGAN",
-        body=SuperResolutionRequest,
-    )
-
-
-_register()
+add_alias_routes(
+    router,
+    SUPER_RESOLUTION_STRING_PATHS + SUPER_RESOLUTION_LIST_PATHS,
+    super_resolution,
+    summary="Upscale an image with Real-ESRGAN",
+    body=SuperResolutionRequest,
+)
