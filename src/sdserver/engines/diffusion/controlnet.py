@@ -20,11 +20,10 @@ from PIL import Image
 
 from sdserver.catalog.hints import MAX_CONTROLNETS
 from sdserver.catalog.layout import AddonKind, find_addon
-from sdserver.catalog.schedulers import SchedulerChoice, SchedulerError, plan_scheduler
+from sdserver.catalog.schedulers import SchedulerChoice
 from sdserver.engines.base import EngineOutput, JobFailed, StepContext
 from sdserver.engines.diffusion import pipelines
 from sdserver.engines.diffusion.addons import AddonRequest, job_addons
-from sdserver.engines.diffusion.finishing import finish_images
 from sdserver.engines.diffusion.hints import HINT_PREPROCESSORS, make_hint
 from sdserver.engines.diffusion.loader import INPAINT_IN_CHANNELS, LoadedModel, unet_in_channels
 from sdserver.engines.diffusion.prompts import clip_skip_kwargs
@@ -188,7 +187,7 @@ def run_controlnet_job(
         )
     inputs = pipelines.job_inputs(job)
     control = controlnet_inputs(job)
-    choice = _scheduler(model, job, inputs, from_image=mode != TEXT2IMG_MODE)
+    choice = pipelines.choose_scheduler(model, job, inputs, from_image=mode != TEXT2IMG_MODE)
     controlnets = cache.get(control.models)
     pipeline = _pipeline(model, mode, controlnets, build_scheduler(choice, model.scheduler_config, inputs.seed))
     size = (job.width, job.height)
@@ -198,15 +197,9 @@ def run_controlnet_job(
     addons = AddonRequest.from_job(job)
     with job_addons(pipeline, model.addons, addons, models_dir, inputs.seed) as addon_meta:
         images = _generate(pipeline, job, inputs, control, ctx, skip, mode, init, hints, mask)
-    if mask is not None and init is not None:
-        images = [pipelines.paste_unmasked(image, init, mask) for image in images]
-    finished = finish_images(
-        images,
-        job,
-        seed=inputs.seed,
-        sampler=choice.class_name,
-        nsfw_threshold=nsfw_threshold,
-        extra_parameters=_extra_parameters(inputs, addons, control, skip, mode),
+    extra = _extra_parameters(inputs, addons, control, skip, mode)
+    finished = pipelines.finish_run(
+        images, job, inputs, choice, init=init, mask=mask, nsfw_threshold=nsfw_threshold, extra_parameters=extra
     )
     meta = _meta(inputs, choice, model, skip, control, mode) | addon_meta | finished.meta
     return EngineOutput(images=finished.images, meta=meta)
@@ -263,18 +256,6 @@ def _generate(
         return [init.copy() for _ in range(inputs.samples)]
     with torch.inference_mode():
         return list(pipeline(**kwargs).images)
-
-
-def _scheduler(model: LoadedModel, job: Job, inputs: pipelines.JobInputs, *, from_image: bool) -> SchedulerChoice:
-    try:
-        return plan_scheduler(
-            job.scheduler or model.default_scheduler,
-            inputs.use_karras_sigmas,
-            inputs.algorithm_type,
-            from_image=from_image,
-        )
-    except SchedulerError as exc:
-        raise JobFailed(exc.code, exc.message) from exc
 
 
 def _pipeline(model: LoadedModel, mode: str, controlnets: list[Any], scheduler: Any) -> Any:

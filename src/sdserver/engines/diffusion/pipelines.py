@@ -81,13 +81,14 @@ def sample_generators(seed: int, samples: int) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed((seed + index) & SEED_MASK) for index in range(samples)]
 
 
-def choose_scheduler(model: LoadedModel, job: Job, inputs: JobInputs) -> SchedulerChoice:
+def choose_scheduler(model: LoadedModel, job: Job, inputs: JobInputs, *, from_image: bool) -> SchedulerChoice:
+    """The job's scheduler (the model's own by default); `from_image`: the run starts from an init image."""
     try:
         return plan_scheduler(
             job.scheduler or model.default_scheduler,
             inputs.use_karras_sigmas,
             inputs.algorithm_type,
-            from_image=job.kind is not JobKind.TEXT2IMG,
+            from_image=from_image,
         )
     except SchedulerError as exc:
         raise JobFailed(exc.code, exc.message) from exc
@@ -115,7 +116,7 @@ def run_job(
             JobErrorCode.UNSUPPORTED_MODEL, f"Model {model.model_id} is an inpainting model; use it with inpaint"
         )
     inputs = job_inputs(job)
-    choice = choose_scheduler(model, job, inputs)
+    choice = choose_scheduler(model, job, inputs, from_image=job.kind is not JobKind.TEXT2IMG)
     pipeline = model.pipelines[job.kind]
     pipeline.scheduler = build_scheduler(choice, model.scheduler_config, inputs.seed)
     skip = diffusers_clip_skip(inputs.clip_skip, model.text_layers)
@@ -123,17 +124,9 @@ def run_job(
     addons = AddonRequest.from_job(job)
     with job_addons(pipeline, model.addons, addons, models_dir, inputs.seed) as addon_meta:
         images = _generate(pipeline, job, inputs, ctx, skip, init, mask)
-    if mask is not None and init is not None:
-        images = [paste_unmasked(image, init, mask) for image in images]
-    finished = finish_images(
-        images,
-        job,
-        seed=inputs.seed,
-        sampler=choice.class_name,
-        nsfw_threshold=nsfw_threshold,
-        extra_parameters=_extra_parameters(
-            inputs, addons, skip, from_image=init is not None, tome=addon_meta["tomesd"] == "yes"
-        ),
+    extra = _extra_parameters(inputs, addons, skip, from_image=init is not None, tome=addon_meta["tomesd"] == "yes")
+    finished = finish_run(
+        images, job, inputs, choice, init=init, mask=mask, nsfw_threshold=nsfw_threshold, extra_parameters=extra
     )
     meta = run_meta(inputs, choice, model, skip) | addon_meta | finished.meta
     return EngineOutput(images=finished.images, meta=meta)
@@ -226,6 +219,31 @@ def read_image(objects: ObjectStore, key: Any, size: tuple[int, int], mode: str,
     """A stored input image decoded, converted to `mode` and resized to the job's size."""
     image = read_input_image(objects, key, field, mode=mode)
     return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def finish_run(
+    images: list[Image.Image],
+    job: Job,
+    inputs: JobInputs,
+    choice: SchedulerChoice,
+    *,
+    init: Image.Image | None,
+    mask: Image.Image | None,
+    nsfw_threshold: float,
+    extra_parameters: dict[str, Any],
+) -> FinishedImages:
+    """The end of every diffusion job: an inpainting output gets the input's unmasked pixels back, then the shared
+    finishing (safety screen, PNG whose parameters name the seed and the scheduler that ran)."""
+    if mask is not None and init is not None:
+        images = [paste_unmasked(image, init, mask) for image in images]
+    return finish_images(
+        images,
+        job,
+        seed=inputs.seed,
+        sampler=choice.class_name,
+        nsfw_threshold=nsfw_threshold,
+        extra_parameters=extra_parameters,
+    )
 
 
 def paste_unmasked(generated: Image.Image, init: Image.Image, mask: Image.Image) -> Image.Image:
