@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from sdserver.jobstore import sqlite_wakeups
 from sdserver.database import create_db_engine
+from sdserver.jobstore import sqlite_wakeups
 from sdserver.jobstore.sqlite_wakeups import SqliteChangeWatch
 
 
