@@ -13,7 +13,7 @@ import pytest
 from sdserver import netguard
 from sdserver.config import Settings
 from sdserver.errors import FetchError
-from sdserver.netguard import FetchedResponse, FetchPolicy, fetch_url, guarded_request
+from sdserver.netguard import FetchedResponse, FetchPolicy, fetch_url, guarded_request, guarded_stream
 from tests.support.http_host import Hang, HttpHost, Redirect, Reply, Slow, Stream
 from tests.support.image_files import png_bytes
 
@@ -320,3 +320,43 @@ def test_policy_from_settings() -> None:
     settings = Settings(fetch_allowlist=["10.0.0.0/8", "minio"], fetch_timeout_s=3, fetch_max_redirects=2)
     assert FetchPolicy.from_settings(settings) == FetchPolicy(("10.0.0.0/8", "minio"), 3.0, 2, 10 * 1024 * 1024)
     assert FetchPolicy.from_settings(settings, max_bytes=5).max_bytes == 5
+
+
+async def _stream(url: str, policy: FetchPolicy) -> tuple[int, bytes, str]:
+    """Status, body and the Accept-Encoding sent, read chunk by chunk as a model download does."""
+    async with guarded_stream(url, policy) as response:
+        body = b""
+        async for chunk in response.aiter_raw():
+            body += chunk
+        return response.status_code, body, response.request.headers["accept-encoding"]
+
+
+def stream_refusal(url: str, policy: FetchPolicy) -> FetchError:
+    with pytest.raises(FetchError) as caught:
+        run(_stream(url, policy))
+    return caught.value
+
+
+def test_a_stream_follows_checked_redirects_and_leaves_the_body_to_the_reader(host: HttpHost) -> None:
+    host.routes["/model"] = Redirect("/files/model.safetensors", status=302)
+    host.routes["/files/model.safetensors"] = Stream(total=200_000)
+    # The cap is the reader's to keep: a stream hands over more than max_bytes if the reader asks.
+    policy = FetchPolicy(allowlist=("127.0.0.1",), timeout_s=5.0, max_redirects=1, max_bytes=10)
+    assert run(_stream(host.url("/model"), policy)) == (200, b"\0" * 200_000, "identity")
+    assert [r.path for r in host.requests] == ["/model", "/files/model.safetensors"]
+
+
+def test_a_stream_is_refused_like_any_fetch(host: HttpHost) -> None:
+    host.routes["/model"] = Redirect("http://169.254.169.254/latest/")
+    error = stream_refusal(host.url("/model"), LOCAL)
+    assert error.reason.startswith("refused: redirect to http://169.254.169.254/latest/ — ")
+    assert error.field == "url" and len(host.requests) == 1
+    assert "loopback" in stream_refusal(host.url("/model"), CLOSED).reason
+
+
+def test_a_stream_bounds_each_read_not_the_whole_transfer(host: HttpHost) -> None:
+    host.routes["/trickle"] = Slow(chunks=(b"a",) * 8, delay_s=0.1)
+    host.routes["/hang"] = Hang()
+    policy = FetchPolicy(allowlist=("127.0.0.1",), timeout_s=0.5, max_redirects=0, max_bytes=1000)
+    assert run(_stream(host.url("/trickle"), policy))[1] == b"a" * 8, "0.8 s in all, each read in time"
+    assert stream_refusal(host.url("/hang"), policy).reason == "timed out after 0.5 s without data"

@@ -1,8 +1,10 @@
-"""The closed set of domain errors, each with a stable code; the API maps codes to replies in one table."""
+"""The closed set of domain errors, each with a stable code; the API maps codes to replies in one table. Job
+failures are data, not errors: their codes are the closed `JobErrorCode` enum shared by every engine."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import StrEnum
 
 
 class SdError(Exception):
@@ -143,6 +145,41 @@ class LeaseLostError(SdError):
 
     code = "lease_lost"
     default_message = "The job's lease was lost"
+
+
+class JobErrorCode(StrEnum):
+    """Why a job failed: the `error_code` of a failed job's reply and webhook. Values are stable (clients match
+    them); every engine, the worker loop and the job store say the same failure with the same code."""
+
+    # The worker and the job store.
+    ENGINE_ERROR = "engine_error"
+    OUT_OF_MEMORY = "out_of_memory"
+    DEVICE_FAILURE = "device_failure"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    WORKER_LOST = "worker_lost"
+    # Models and their weights.
+    MODEL_NOT_FOUND = "model_not_found"
+    MODEL_LOAD_FAILED = "model_load_failed"
+    MODEL_DELETED = "model_deleted"
+    UNSUPPORTED_MODEL = "unsupported_model"
+    MODEL_WEIGHTS_MISSING = "model_weights_missing"
+    UNSUPPORTED_WEIGHTS = "unsupported_weights"
+    CONTROLNET_NOT_FOUND = "controlnet_not_found"
+    ADDON_NOT_FOUND = "addon_not_found"
+    ADDON_LOAD_FAILED = "addon_load_failed"
+    ADDON_INCOMPATIBLE = "addon_incompatible"
+    # Parameters the engine cannot honour.
+    INVALID_PARAMS = "invalid_params"
+    UNKNOWN_SCHEDULER = "unknown_scheduler"
+    UNSUPPORTED_SCHEDULER = "unsupported_scheduler"
+    FACE_ENHANCE_UNAVAILABLE = "face_enhance_unavailable"
+    # The job's stored input images.
+    IMAGE_NOT_FOUND = "image_not_found"
+    INVALID_IMAGE = "invalid_image"
+    INPUT_TOO_LARGE = "input_too_large"
+    # Replies only: a cancelled job, and a failed one whose row has no code.
+    CANCELLED = "cancelled"
+    FAILED = "failed"
 
 
 def show_value(value: object, limit: int = 60) -> str:

@@ -7,7 +7,8 @@ import ipaddress
 import re
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TypeAlias
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
@@ -284,7 +285,7 @@ def _next_hop(
     return url, method, headers, content
 
 
-async def _follow(
+async def _open(
     client: httpx.AsyncClient,
     method: str,
     url: str,
@@ -292,7 +293,9 @@ async def _follow(
     headers: dict[str, str],
     content: bytes | None,
     follow_redirects: bool,
-) -> FetchedResponse:
+) -> tuple[httpx.Response, str]:
+    """Send the request, following redirects with every hop checked again; returns the final reply, its body
+    unread, and its URL. Each hop's connect and reply headers must come within `policy.timeout_s`."""
     redirects = 0
     while True:
         try:
@@ -300,24 +303,44 @@ async def _follow(
         except _Refused as refusal:
             prefix = f"redirect to {url} — " if redirects else ""
             raise FetchError(f"refused: {prefix}{refusal.detail}") from None
-        response = await _send(client, method, target, headers, content)
-        try:
-            # A 3xx without Location is no redirect (RFC 9110); it goes back to the caller as is.
-            if follow_redirects and response.status_code in _REDIRECT_CODES and "location" in response.headers:
-                if redirects >= policy.max_redirects:
-                    raise FetchError(f"too many redirects (the limit is {policy.max_redirects})")
-                redirects += 1
-                url, method, headers, content = _next_hop(response, target, method, headers, content)
-                continue
-            body = b"" if method == "HEAD" else await _read_body(response, policy.max_bytes)
-            return FetchedResponse(
-                status_code=response.status_code,
-                headers=dict(response.headers.items()),
-                content=body,
-                final_url=url,
-            )
-        finally:
-            await response.aclose()
+        with anyio.fail_after(policy.timeout_s):
+            response = await _send(client, method, target, headers, content)
+        # A 3xx without Location is no redirect (RFC 9110); it goes back to the caller as is.
+        if not (follow_redirects and response.status_code in _REDIRECT_CODES and "location" in response.headers):
+            return response, url
+        await response.aclose()
+        if redirects >= policy.max_redirects:
+            raise FetchError(f"too many redirects (the limit is {policy.max_redirects})")
+        redirects += 1
+        url, method, headers, content = _next_hop(response, target, method, headers, content)
+
+
+def _client(policy: FetchPolicy) -> httpx.AsyncClient:
+    # trust_env=False: proxy variables would send the request somewhere the guard never checked.
+    return httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=policy.timeout_s, verify=_tls_context())
+
+
+def _identity_encoding(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Identity encoding keeps a size cap honest against compressed bombs; callers may override it."""
+    request_headers = dict(headers or {})
+    if not any(name.lower() == "accept-encoding" for name in request_headers):
+        request_headers["Accept-Encoding"] = "identity"
+    return request_headers
+
+
+@contextmanager
+def _fetch_errors(field: str, timed_out: str) -> Iterator[None]:
+    """Every failure of a guarded fetch, including transport errors, as a `FetchError` for `field`."""
+    try:
+        yield
+    except FetchError as exc:
+        raise FetchError(exc.reason, field=field) from None
+    except (TimeoutError, httpx.TimeoutException):
+        raise FetchError(timed_out, field=field) from None
+    except httpx.InvalidURL as exc:
+        raise FetchError(f"refused: the URL is not valid ({exc})", field=field) from None
+    except httpx.HTTPError as exc:
+        raise FetchError(f"the connection failed: {str(exc) or type(exc).__name__}", field=field) from None
 
 
 async def guarded_request(
@@ -330,28 +353,42 @@ async def guarded_request(
     content: bytes | None = None,
     follow_redirects: bool = True,
 ) -> FetchedResponse:
-    """Send one request through the SSRF guard; any failure or refusal raises `FetchError` for `field`."""
-    # Identity encoding keeps the size cap honest against compressed bombs; callers may override.
-    request_headers = dict(headers or {})
-    if not any(name.lower() == "accept-encoding" for name in request_headers):
-        request_headers["Accept-Encoding"] = "identity"
-    try:
-        with anyio.fail_after(policy.timeout_s):
-            # trust_env=False: proxy variables would send the request somewhere the guard never checked.
-            async with httpx.AsyncClient(
-                follow_redirects=False, trust_env=False, timeout=policy.timeout_s, verify=_tls_context()
-            ) as client:
-                return await _follow(
-                    client, method.upper(), url.strip(), policy, request_headers, content, follow_redirects
-                )
-    except FetchError as exc:
-        raise FetchError(exc.reason, field=field) from None
-    except (TimeoutError, httpx.TimeoutException):
-        raise FetchError(f"timed out after {policy.timeout_s} s", field=field) from None
-    except httpx.InvalidURL as exc:
-        raise FetchError(f"refused: the URL is not valid ({exc})", field=field) from None
-    except httpx.HTTPError as exc:
-        raise FetchError(f"the connection failed: {str(exc) or type(exc).__name__}", field=field) from None
+    """Send one request through the SSRF guard and read the reply (at most `policy.max_bytes`), all within
+    `policy.timeout_s`; any failure or refusal raises `FetchError` for `field`."""
+    method = method.upper()
+    with _fetch_errors(field, f"timed out after {policy.timeout_s} s"), anyio.fail_after(policy.timeout_s):
+        async with _client(policy) as client:
+            response, final_url = await _open(
+                client, method, url.strip(), policy, _identity_encoding(headers), content, follow_redirects
+            )
+            try:
+                body = b"" if method == "HEAD" else await _read_body(response, policy.max_bytes)
+            finally:
+                await response.aclose()
+            return FetchedResponse(
+                status_code=response.status_code,
+                headers=dict(response.headers.items()),
+                content=body,
+                final_url=final_url,
+            )
+
+
+@asynccontextmanager
+async def guarded_stream(
+    url: str, policy: FetchPolicy, *, field: str = "url", headers: Mapping[str, str] | None = None
+) -> AsyncIterator[httpx.Response]:
+    """GET `url` through the SSRF guard for a body too large to hold in memory (model downloads): yields the
+    final reply, every redirect hop checked, with its body unread and whatever its status. `policy.timeout_s`
+    bounds each connect and each read, not the whole transfer (a large file takes as long as it takes while bytes
+    keep coming); `policy.max_bytes` is the reader's to enforce. Failures, also those of reading the body inside
+    the `with`, raise `FetchError` for `field`."""
+    with _fetch_errors(field, f"timed out after {policy.timeout_s} s without data"):
+        async with _client(policy) as client:
+            response, _ = await _open(client, "GET", url.strip(), policy, _identity_encoding(headers), None, True)
+            try:
+                yield response
+            finally:
+                await response.aclose()
 
 
 async def fetch_url(url: str, policy: FetchPolicy, *, field: str = "url") -> FetchedResponse:

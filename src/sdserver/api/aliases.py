@@ -1,6 +1,15 @@
-"""The path families real clients call, in one table: which prefixes exist and which paths each endpoint has."""
+"""The path families real clients call, in one table: which prefixes exist and which paths each endpoint has;
+and `add_alias_routes`, the one way an endpoint is served under its aliases."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from sdserver.api.schemas import openapi_body
 
 # Every prefix family a client may submit under; `fetch` and `cancel` exist under each of them.
 PREFIXES: tuple[str, ...] = (
@@ -80,3 +89,31 @@ NSFW_CHECK_PATHS: tuple[str, ...] = (
     "/api/v1/enterprise/nsfw_image_check",
     "/api/v3/nsfw_image_check",
 )
+
+
+def add_alias_routes(
+    router: APIRouter,
+    paths: Sequence[str],
+    endpoint: Callable[..., Any],
+    *,
+    summary: str,
+    body: type[BaseModel] | None = None,
+    methods: Sequence[str] = ("POST",),
+    documented: Collection[str] = ("POST",),
+    operation_id: str | None = None,
+) -> None:
+    """Serve `endpoint` under every path, one route per method (a shared route would give its methods one
+    OpenAPI operation id). Only the first path's `documented` methods are listed: the aliases behave the same.
+    `body` documents the JSON body the handler validates itself; `operation_id` gets `_<method>` appended."""
+    extra = openapi_body(body) if body is not None else None
+    for index, path in enumerate(paths):
+        for method in methods:
+            router.add_api_route(
+                path,
+                endpoint,
+                methods=[method],
+                summary=summary,
+                include_in_schema=index == 0 and method in documented,
+                operation_id=f"{operation_id}_{method.lower()}" if operation_id else None,
+                openapi_extra=extra,
+            )

@@ -6,6 +6,7 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
+from sdserver.errors import JobErrorCode
 from sdserver.jobs import Job, JobStatus
 
 PROCESSING_MESSAGE = "Request processing in background, you can fetch the result with the fetch_result link"
@@ -77,7 +78,9 @@ def failed_body(job: Job) -> dict[str, Any]:
         "message": message,
         "messege": message,
         "output": "",
-        "error_code": "cancelled" if job.status is JobStatus.CANCELLED else (job.error_code or "failed"),
+        "error_code": JobErrorCode.CANCELLED
+        if job.status is JobStatus.CANCELLED
+        else (job.error_code or JobErrorCode.FAILED),
         "future_links": list(job.future_links),
     }
 

@@ -1,4 +1,4 @@
-"""Streamed, resumable, size-capped model downloads through the SSRF guard (every hop checked, as in netguard)."""
+"""Streamed, resumable, size-capped model downloads through the SSRF guard (`netguard.guarded_stream`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import anyio
 import httpx
 
 from sdserver.errors import FetchError
-from sdserver.netguard import FetchPolicy, _check_hop, _next_hop, _Refused, _send, _tls_context
+from sdserver.netguard import FetchPolicy, guarded_stream
 
 # One progress report per this many bytes at most (the worker throttles the database writes further).
 _REPORT_EVERY: Final = 1024 * 1024
@@ -41,43 +41,9 @@ class _StartOver(Exception):
 
 
 async def _download(url: str, part: Path, have: int, policy: FetchPolicy, progress: Progress) -> int:
-    headers = {"Accept-Encoding": "identity"}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    try:
-        async with httpx.AsyncClient(
-            follow_redirects=False, trust_env=False, timeout=policy.timeout_s, verify=_tls_context()
-        ) as client:
-            response = await _open(client, url.strip(), policy, headers)
-            try:
-                return await _save(response, part, have, policy.max_bytes, progress)
-            finally:
-                await response.aclose()
-    except (TimeoutError, httpx.TimeoutException):
-        raise FetchError(f"timed out after {policy.timeout_s} s without data", field="url") from None
-    except httpx.HTTPError as exc:
-        raise FetchError(f"the connection failed: {str(exc) or type(exc).__name__}", field="url") from None
-
-
-async def _open(client: httpx.AsyncClient, url: str, policy: FetchPolicy, headers: dict[str, str]) -> httpx.Response:
-    """Follow redirects, re-checking every hop against the guard; returns the final streaming response."""
-    method, content, redirects = "GET", None, 0
-    while True:
-        try:
-            target = await _check_hop(url, policy.allowlist)
-        except _Refused as refusal:
-            prefix = f"redirect to {url} — " if redirects else ""
-            raise FetchError(f"refused: {prefix}{refusal.detail}", field="url") from None
-        with anyio.fail_after(policy.timeout_s):
-            response = await _send(client, method, target, headers, content)
-        if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
-            await response.aclose()
-            if redirects >= policy.max_redirects:
-                raise FetchError(f"too many redirects (the limit is {policy.max_redirects})", field="url")
-            redirects += 1
-            url, method, headers, content = _next_hop(response, target, method, headers, content)
-            continue
-        return response
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    async with guarded_stream(url, policy, field="url", headers=headers) as response:
+        return await _save(response, part, have, policy.max_bytes, progress)
 
 
 async def _save(response: httpx.Response, part: Path, have: int, max_bytes: int, progress: Progress) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from sdserver.errors import JobErrorCode
+
 # The 18 diffusers class names of the contract, in its order.
 SCHEDULER_NAMES: Final = (
     "DDPMScheduler",
@@ -92,7 +94,7 @@ _CLASSES_FOLDED: Final = {name.casefold(): name for name in (*SCHEDULER_NAMES, *
 class SchedulerError(ValueError):
     """A scheduler name that cannot be used; `code` is the job's error code."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: JobErrorCode, message: str):
         self.code = code
         self.message = message
         super().__init__(message)
@@ -134,17 +136,18 @@ def plan_scheduler(
     found = canonical_scheduler(name)
     if found is None:
         raise SchedulerError(
-            "unknown_scheduler", f"scheduler {name!r} is not known; use one of {', '.join(sorted(SAMPLING_SCHEDULERS))}"
+            JobErrorCode.UNKNOWN_SCHEDULER,
+            f"scheduler {name!r} is not known; use one of {', '.join(sorted(SAMPLING_SCHEDULERS))}",
         )
     class_name, alias_karras, alias_algorithm = found
     if class_name in UNSUPPORTED_SCHEDULERS:
         raise SchedulerError(
-            "unsupported_scheduler",
+            JobErrorCode.UNSUPPORTED_SCHEDULER,
             f"{class_name} cannot sample a Stable Diffusion model; use e.g. DPMSolverMultistepScheduler",
         )
     if from_image and class_name in NOISE_ONLY_SCHEDULERS:
         raise SchedulerError(
-            "unsupported_scheduler",
+            JobErrorCode.UNSUPPORTED_SCHEDULER,
             f"{class_name} cannot start from an init image (img2img, inpaint); use e.g. DPMSolverMultistepScheduler",
         )
     karras = use_karras_sigmas if alias_karras is None else alias_karras

@@ -6,6 +6,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sdserver.errors import JobErrorCode
 from sdserver.jobs import Job, JobKind
 
 
@@ -25,7 +26,7 @@ class JobFailed(Exception):
     """An engine's explained refusal of a job (missing weights, unusable input): fails the job with this code
     and message, which the client sees; the worker goes on."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: JobErrorCode, message: str):
         self.code = code
         self.message = message
         super().__init__(message)

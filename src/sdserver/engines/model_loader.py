@@ -27,13 +27,12 @@ from sdserver.catalog.layout import models_dir_for
 from sdserver.catalog.registry import ModelKind, ModelRegistry
 from sdserver.config import Settings
 from sdserver.engines.base import EngineOutput, JobFailed, StepContext
-from sdserver.errors import FetchError
+from sdserver.errors import FetchError, JobErrorCode
 from sdserver.jobs import Job, JobKind
 from sdserver.netguard import FetchPolicy
 
 log = logging.getLogger(__name__)
 
-FAILED_CODE: Final = "model_load_failed"
 # The registry row mirrors job progress at most this often (the job row has its own throttle in the worker).
 _MIRROR_INTERVAL_S: Final = 0.5
 _COPY_CHUNK: Final = 4 * 1024 * 1024
@@ -105,13 +104,13 @@ class ModelLoaderEngine:
         except (FetchError, ModelFileError, OSError) as exc:
             message = f"Model load failed: {_reason(exc)}"
             registry.mark_failed(kind, model_id, message)
-            raise JobFailed(FAILED_CODE, message) from None
+            raise JobFailed(JobErrorCode.MODEL_LOAD_FAILED, message) from None
         size = tree_size(installed)
         fmt = "diffusers" if installed.is_dir() else installed.suffix.lstrip(".")
         if not registry.mark_ready(kind, model_id, format=fmt, size=size):
             # delete_model ran while we finished: honour it rather than leave unlisted files behind.
             remove_model_files(self._models_dir, kind, model_id)
-            raise JobFailed("model_deleted", "The model was deleted while it was loading")
+            raise JobFailed(JobErrorCode.MODEL_DELETED, "The model was deleted while it was loading")
         log.info("model %s (%s) loaded: %s, %d bytes", model_id, kind.value, installed, size)
         return EngineOutput(images=[], meta={"model_id": model_id, "model_type": kind.value, "format": fmt})
 

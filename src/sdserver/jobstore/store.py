@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sdserver.database import utcnow
-from sdserver.errors import LeaseLostError, NotFoundError
+from sdserver.errors import JobErrorCode, LeaseLostError, NotFoundError
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus, WebhookStatus, can_transition
 from sdserver.jobstore.claims import batch_mates, claimable, pick_head
 from sdserver.jobstore.eta import Estimate, estimate
@@ -89,7 +89,9 @@ class JobStore:
             self._notify(conn, CHANGE_CHANNEL, str(job_id))
             return job_from_row(_select_job(conn, job_id))
 
-    def fail_queued_for_model(self, model_id: str, kinds: Sequence[JobKind], *, code: str, message: str) -> list[int]:
+    def fail_queued_for_model(
+        self, model_id: str, kinds: Sequence[JobKind], *, code: JobErrorCode, message: str
+    ) -> list[int]:
         """Fail the queued jobs of these kinds that wait for a model that is gone (delete_model): no worker would
         ever claim them. Their webhooks go out like any failure's. Returns their ids."""
         with self._write() as conn:
@@ -249,7 +251,7 @@ class JobStore:
             self._finish(conn, row, JobStatus.SUCCEEDED, result=dump_json(result), seconds_per_step=seconds_per_step)
             return job_from_row(_select_job(conn, job_id))
 
-    def fail(self, job_id: int, worker_id: str, *, code: str, message: str) -> Job:
+    def fail(self, job_id: int, worker_id: str, *, code: JobErrorCode, message: str) -> Job:
         with self._write() as conn:
             row = _owned(conn, job_id, worker_id)
             self._finish(conn, row, JobStatus.FAILED, error_code=code, error_message=message)
@@ -313,7 +315,7 @@ class JobStore:
         else:
             times = "time" if row.attempts == 1 else "times"
             message = f"The worker running this job stopped responding {row.attempts} {times}; giving up"
-            self._finish(conn, row, JobStatus.FAILED, error_code="worker_lost", error_message=message)
+            self._finish(conn, row, JobStatus.FAILED, error_code=JobErrorCode.WORKER_LOST, error_message=message)
 
     def _finish(self, conn: Connection, row: sa.Row[Any], status: JobStatus, **values: Any) -> None:
         """running -> a terminal state for the row's worker, with the webhook queued in the same transaction."""

@@ -21,7 +21,7 @@ from sdserver.engines.base import (
     JobCancelled,
     JobFailed,
 )
-from sdserver.errors import LeaseLostError, StorageError
+from sdserver.errors import JobErrorCode, LeaseLostError, StorageError
 from sdserver.jobs import Job
 from sdserver.objects.base import ObjectStore
 from sdserver.objects.switching import SwitchingObjectStore
@@ -194,7 +194,11 @@ class Worker:
         unhandled = [run for run in runs if not engine.handles(run.job)]
         if unhandled:
             # The engine's kinds()/models() promised more than handles() accepts: a bug, reported on the job.
-            self._fail(unhandled, "engine_error", f"The {engine.name} engine cannot run model {runs[0].job.model_id}")
+            self._fail(
+                unhandled,
+                JobErrorCode.ENGINE_ERROR,
+                f"The {engine.name} engine cannot run model {runs[0].job.model_id}",
+            )
             runs = [run for run in runs if run not in unhandled]
             if not runs:
                 return True
@@ -207,10 +211,12 @@ class Worker:
             return True
         except DeviceOutOfMemory as exc:
             # The engine freed what it could before raising; the next job gets a clean device.
-            self._fail(runs, "out_of_memory", f"The device ran out of memory running this job: {exc}")
+            self._fail(runs, JobErrorCode.OUT_OF_MEMORY, f"The device ran out of memory running this job: {exc}")
             return True
         except DeviceFailure as exc:
-            self._fail(runs, "device_failure", f"The device failed running this job; the worker restarts: {exc}")
+            self._fail(
+                runs, JobErrorCode.DEVICE_FAILURE, f"The device failed running this job; the worker restarts: {exc}"
+            )
             return False
         except JobFailed as exc:
             # An expected, explained failure (missing weights, unusable input): no traceback needed.
@@ -219,11 +225,13 @@ class Worker:
             return True
         except Exception as exc:  # any other engine error fails only this job; the worker goes on
             log.exception("engine %s failed on jobs %s", engine.name, [run.job.id for run in runs])
-            self._fail(runs, "engine_error", f"The engine failed: {type(exc).__name__}: {exc}")
+            self._fail(runs, JobErrorCode.ENGINE_ERROR, f"The engine failed: {type(exc).__name__}: {exc}")
             return True
         elapsed = time.monotonic() - started
         if len(outputs) != len(runs):
-            self._fail(runs, "engine_error", f"The engine returned {len(outputs)} outputs for {len(runs)} jobs")
+            self._fail(
+                runs, JobErrorCode.ENGINE_ERROR, f"The engine returned {len(outputs)} outputs for {len(runs)} jobs"
+            )
             return True
         for run, output in zip(runs, outputs, strict=True):
             self._finish(run, output, elapsed)
@@ -240,13 +248,13 @@ class Worker:
             return
         if len(output.images) != len(job.output_keys):
             message = f"The engine returned {len(output.images)} images for {len(job.output_keys)} outputs"
-            self._fail([run], "engine_error", message)
+            self._fail([run], JobErrorCode.ENGINE_ERROR, message)
             return
         try:
             for index, (key, png) in enumerate(zip(job.output_keys, output.images, strict=True)):
                 self._output_store(key, job.future_links[index : index + 1]).put(key, png, "image/png")
         except StorageError as exc:
-            self._fail([run], "storage_unavailable", f"The images could not be stored: {exc.message}")
+            self._fail([run], JobErrorCode.STORAGE_UNAVAILABLE, f"The images could not be stored: {exc.message}")
             return
         if run.lease_lost():  # lost while writing: the new owner writes the same keys and completes
             log.warning("job %s: lease lost while storing outputs; result dropped", job.id)
@@ -284,9 +292,9 @@ class Worker:
                 log.info("job %s: released back to the queue (worker stopping)", run.job.id)
                 self._settle(run, "release", lambda job_id: self._jobs.release(job_id, self.worker_id))
             else:
-                self._fail([run], "engine_error", "The engine stopped the job without a cancel request")
+                self._fail([run], JobErrorCode.ENGINE_ERROR, "The engine stopped the job without a cancel request")
 
-    def _fail(self, runs: Sequence[_Run], code: str, message: str) -> None:
+    def _fail(self, runs: Sequence[_Run], code: JobErrorCode, message: str) -> None:
         for run in runs:
             if run.lost:
                 continue

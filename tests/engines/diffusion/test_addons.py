@@ -4,6 +4,7 @@ changes the output as documented and leaves the shared model clean for the next 
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,18 @@ def test_two_loras_stack(world: World) -> None:
     both = world.image(lora_models=["detail-lora", "style.lora"], lora_strengths=[1.0, 1.0])
     assert _differs(one, both) > 0.5
     assert world.output(lora_models=["style.lora"]).meta["tomesd"] == "no"
+
+
+def test_a_lora_replaced_on_disk_is_read_again(world: World) -> None:
+    models = world.data_dir / "models"
+    path = make_tiny_lora(models, "swapped-lora", seed=9)
+    first = world.image(lora_models=["swapped-lora"])
+    make_tiny_lora(models, "swapped-lora", seed=10)
+    later = path.stat().st_mtime_ns + 1_000_000_000
+    os.utime(path, ns=(later, later))
+    second = world.image(lora_models=["swapped-lora"])
+    assert _differs(first, second) > 0.1, "the stale adapter was dropped and the new weights loaded"
+    assert world.image(lora_models=["swapped-lora"]) == second
 
 
 @pytest.mark.parametrize("vae", ["vae-folder", "vae-file"])

@@ -17,6 +17,7 @@ from sdserver.config import Settings
 from sdserver.engines.base import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobCancelled, JobFailed
 from sdserver.engines.diffusion import engine as engine_module
 from sdserver.engines.diffusion.engine import DiffusionEngine
+from sdserver.errors import JobErrorCode
 from sdserver.jobs import Job, JobKind
 from sdserver.objects.base import make_object_key
 from sdserver.objects.local import LocalObjectStore
@@ -210,7 +211,7 @@ def test_missing_init_image_fails_clearly(world: World) -> None:
     missing = make_object_key("uploads", "png", temp=False)
     with pytest.raises(JobFailed) as failure:
         world.run(make_job(FOLDER_MODEL, JobKind.IMG2IMG, init_image_key=missing, strength=0.5))
-    assert failure.value.code == "image_not_found"
+    assert failure.value.code is JobErrorCode.IMAGE_NOT_FOUND
 
 
 def test_models_lists_what_is_on_disk(world: World) -> None:

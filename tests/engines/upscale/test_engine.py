@@ -23,6 +23,7 @@ from sdserver.engines.factory import build_engines
 from sdserver.engines.upscale.archs import OFFICIAL_MODELS, ArchSpec
 from sdserver.engines.upscale.engine import UpscaleEngine, weights_folder
 from sdserver.engines.upscale.tiny import write_official_weights, write_weights
+from sdserver.errors import JobErrorCode
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus
 from sdserver.jobstore.store import JobStore
 from sdserver.objects.base import make_object_key
@@ -168,12 +169,12 @@ def test_face_enhance_is_refused_not_ignored(deployment: Deployment) -> None:
 def test_missing_or_broken_input(deployment: Deployment) -> None:
     with pytest.raises(JobFailed) as failed:
         deployment.run(deployment.job(COMPACT, make_object_key("uploads", "png", temp=False)))
-    assert failed.value.code == "input_missing"
+    assert failed.value.code is JobErrorCode.IMAGE_NOT_FOUND
     key = make_object_key("uploads", "png", temp=False)
     deployment.objects.put(key, b"\x89PNG\r\n\x1a\nthen garbage", "image/png")
     with pytest.raises(JobFailed) as failed:
         deployment.run(deployment.job(COMPACT, key))
-    assert failed.value.code == "input_unreadable"
+    assert failed.value.code is JobErrorCode.INVALID_IMAGE
 
 
 def test_inputs_over_the_pixel_cap_are_refused(deployment: Deployment) -> None:
@@ -181,7 +182,7 @@ def test_inputs_over_the_pixel_cap_are_refused(deployment: Deployment) -> None:
     deployment.engine = engine
     with pytest.raises(JobFailed) as failed:
         deployment.run(deployment.job(COMPACT, deployment.put_input(smooth_image(20, 20))))
-    assert failed.value.code == "input_too_large" and "20x20" in failed.value.message
+    assert failed.value.code is JobErrorCode.INPUT_TOO_LARGE and "20x20" in failed.value.message
 
 
 def test_weights_replaced_on_disk_are_reloaded(deployment: Deployment) -> None:

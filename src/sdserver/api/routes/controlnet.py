@@ -6,13 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from sdserver.api.aliases import CONTROLNET_PATHS, family_prefix
+from sdserver.api.aliases import CONTROLNET_PATHS, add_alias_routes, family_prefix
 from sdserver.api.client_images import store_client_image
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import allocate_outputs
 from sdserver.api.routes.generation import check_addons_exist, model_id_for, submit_generation
-from sdserver.api.schemas import openapi_body
 from sdserver.api.schemas_controlnet import ControlNetParams, ControlNetRequest, resolve_controlnet
 from sdserver.api.schemas_generation import GenerationParams
 from sdserver.api.services import Services
@@ -71,16 +70,10 @@ def _job_params(
     return resolved.job_params() | {"fetch_prefix": family_prefix(path), "meta": meta} | control.job_params()
 
 
-def _register() -> None:
-    for index, path in enumerate(CONTROLNET_PATHS):
-        router.add_api_route(
-            path,
-            controlnet,
-            methods=["POST"],
-            include_in_schema=index == 0,
-            summary="ControlNet generation (text2img, img2img or inpaint steered by control images)",
-            openapi_extra=openapi_body(ControlNetRequest),
-        )
-
-
-_register()
+add_alias_routes(
+    router,
+    CONTROLNET_PATHS,
+    controlnet,
+    summary="ControlNet generation (text2img, img2img or inpaint steered by control images)",
+    body=ControlNetRequest,
+)

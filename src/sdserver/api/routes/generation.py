@@ -8,12 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from sdserver.api.addons import require_addons
-from sdserver.api.aliases import IMG2IMG_PATHS, INPAINT_PATHS, TEXT2IMG_PATHS, family_prefix
+from sdserver.api.aliases import IMG2IMG_PATHS, INPAINT_PATHS, TEXT2IMG_PATHS, add_alias_routes, family_prefix
 from sdserver.api.client_images import store_client_image
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import allocate_outputs, run_job
-from sdserver.api.schemas import openapi_body
 from sdserver.api.schemas_generation import (
     GenerationParams,
     Img2ImgRequest,
@@ -128,22 +127,8 @@ async def inpaint(request: Request, services: ServicesDep, caller: CallerDep, pa
     return await _generate(JobKind.INPAINT, InpaintRequest, request, services, caller, params.values)
 
 
-def _register() -> None:
-    table = (
-        (TEXT2IMG_PATHS, text2img, Text2ImgRequest, "Text to image"),
-        (IMG2IMG_PATHS, img2img, Img2ImgRequest, "Image to image"),
-        (INPAINT_PATHS, inpaint, InpaintRequest, "Inpainting (white in the mask is repainted)"),
-    )
-    for paths, handler, schema, summary in table:
-        for index, path in enumerate(paths):
-            router.add_api_route(
-                path,
-                handler,
-                methods=["POST"],
-                include_in_schema=index == 0,
-                summary=summary,
-                openapi_extra=openapi_body(schema),
-            )
-
-
-_register()
+add_alias_routes(router, TEXT2IMG_PATHS, text2img, summary="Text to image", body=Text2ImgRequest)
+add_alias_routes(router, IMG2IMG_PATHS, img2img, summary="Image to image", body=Img2ImgRequest)
+add_alias_routes(
+    router, INPAINT_PATHS, inpaint, summary="Inpainting (white in the mask is repainted)", body=InpaintRequest
+)

@@ -8,11 +8,11 @@ from fastapi import APIRouter
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
-from sdserver.api.aliases import PREFIXES
+from sdserver.api.aliases import PREFIXES, add_alias_routes
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import LenientInt, validate_request
 from sdserver.api.job_flow import render_job
-from sdserver.api.schemas import LenientRequest, openapi_body
+from sdserver.api.schemas import LenientRequest
 from sdserver.auth import ApiKey
 from sdserver.errors import NotFoundError, ValidationError
 from sdserver.jobs import JobStatus
@@ -84,41 +84,34 @@ async def _cancel(services: ServicesDep, caller: ApiKey, job_id: int) -> dict[st
 
 
 def _register() -> None:
-    body_doc = openapi_body(FetchRequest)
-    for index, prefix in enumerate(PREFIXES):
-        documented = index == 0  # one documented copy; the aliases behave the same
-        router.add_api_route(
-            f"{prefix}/fetch/{{job_id}}",
-            fetch_by_path,
-            methods=["POST"],
-            include_in_schema=documented,
-            summary="Fetch a job's result or progress",
-        )
-        # Some clients GET the fetch_result link (key in the query or a header).
-        router.add_api_route(f"{prefix}/fetch/{{job_id}}", fetch_by_path, methods=["GET"], include_in_schema=False)
-        router.add_api_route(
-            f"{prefix}/fetch",
-            fetch_by_body,
-            methods=["POST"],
-            include_in_schema=documented,
-            summary="Fetch a job's result or progress (request_id in the body)",
-            openapi_extra=body_doc,
-        )
-        router.add_api_route(
-            f"{prefix}/cancel/{{job_id}}",
-            cancel_by_path,
-            methods=["POST"],
-            include_in_schema=documented,
-            summary="Cancel a queued or running job",
-        )
-        router.add_api_route(
-            f"{prefix}/cancel",
-            cancel_by_body,
-            methods=["POST"],
-            include_in_schema=documented,
-            summary="Cancel a queued or running job (request_id in the body)",
-            openapi_extra=body_doc,
-        )
+    def under_every_family(suffix: str) -> list[str]:
+        return [prefix + suffix for prefix in PREFIXES]
+
+    # Some clients GET the fetch_result link (key in the query or a header): served, not documented.
+    add_alias_routes(
+        router,
+        under_every_family("/fetch/{job_id}"),
+        fetch_by_path,
+        summary="Fetch a job's result or progress",
+        methods=("POST", "GET"),
+    )
+    add_alias_routes(
+        router,
+        under_every_family("/fetch"),
+        fetch_by_body,
+        summary="Fetch a job's result or progress (request_id in the body)",
+        body=FetchRequest,
+    )
+    add_alias_routes(
+        router, under_every_family("/cancel/{job_id}"), cancel_by_path, summary="Cancel a queued or running job"
+    )
+    add_alias_routes(
+        router,
+        under_every_family("/cancel"),
+        cancel_by_body,
+        summary="Cancel a queued or running job (request_id in the body)",
+        body=FetchRequest,
+    )
 
 
 _register()

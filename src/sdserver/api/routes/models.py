@@ -9,13 +9,12 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from sdserver.api.aliases import family_prefix
+from sdserver.api.aliases import add_alias_routes, family_prefix
 from sdserver.api.deps import AdminDep, CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import submit_job
 from sdserver.api.job_replies import fetch_url_for
 from sdserver.api.models import ModelEntry
-from sdserver.api.schemas import openapi_body
 from sdserver.api.schemas_models import (
     DeleteModelRequest,
     LoadModelRequest,
@@ -32,7 +31,7 @@ from sdserver.api.services import Services
 from sdserver.auth import ApiKey
 from sdserver.catalog.files import remove_model_files
 from sdserver.catalog.registry import ModelKind, ModelState
-from sdserver.errors import ModelNotFoundError, SdError
+from sdserver.errors import JobErrorCode, ModelNotFoundError, SdError
 from sdserver.jobs import JobKind, JobSpec
 
 router = APIRouter(tags=["model management"])
@@ -144,7 +143,7 @@ def _delete(services: Services, model_id: str, only: ModelKind | None) -> list[M
         if waiting and kind not in services.models.kinds_of(model_id):
             # No worker would ever claim these: they fail now, like a request for an unknown model would.
             services.jobs.fail_queued_for_model(
-                model_id, waiting, code="model_not_found", message="Model id not found (it was deleted)"
+                model_id, waiting, code=JobErrorCode.MODEL_NOT_FOUND, message="Model id not found (it was deleted)"
             )
     return kinds
 
@@ -184,19 +183,11 @@ _ENDPOINTS: tuple[tuple[str, Handler, type[BaseModel] | None, tuple[str, ...], s
 
 
 def _register() -> None:
-    for prefix in MODEL_PREFIXES:
-        for name, handler, schema, methods, summary in _ENDPOINTS:
-            # One route per method: a shared route would give both methods the same OpenAPI operation id.
-            for method in methods:
-                router.add_api_route(
-                    f"{prefix}/{name}",
-                    handler,
-                    methods=[method],
-                    include_in_schema=prefix == MODEL_PREFIXES[0],
-                    summary=summary,
-                    operation_id=f"{name}_{method.lower()}",
-                    openapi_extra=openapi_body(schema) if schema is not None else None,
-                )
+    for name, handler, schema, methods, summary in _ENDPOINTS:
+        paths = [f"{prefix}/{name}" for prefix in MODEL_PREFIXES]
+        add_alias_routes(
+            router, paths, handler, summary=summary, body=schema, methods=methods, documented=methods, operation_id=name
+        )
 
 
 _register()

@@ -9,11 +9,11 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from sdserver import safety
-from sdserver.api.aliases import NSFW_CHECK_PATHS
+from sdserver.api.aliases import NSFW_CHECK_PATHS, add_alias_routes
 from sdserver.api.client_images import store_client_image
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import LenientFloat, RequiredText, validate_request
-from sdserver.api.schemas import LenientRequest, openapi_body
+from sdserver.api.schemas import LenientRequest
 from sdserver.errors import ValidationError
 from sdserver.images import DecodedImage
 
@@ -51,16 +51,10 @@ async def nsfw_image_check(services: ServicesDep, caller: CallerDep, params: Par
     }
 
 
-def _register() -> None:
-    for index, path in enumerate(NSFW_CHECK_PATHS):
-        router.add_api_route(
-            path,
-            nsfw_image_check,
-            methods=["POST"],
-            include_in_schema=index == 0,
-            summary="Check an image with the open_nsfw classifier",
-            openapi_extra=openapi_body(NsfwImageCheckRequest),
-        )
-
-
-_register()
+add_alias_routes(
+    router,
+    NSFW_CHECK_PATHS,
+    nsfw_image_check,
+    summary="Check an image with the open_nsfw classifier",
+    body=NsfwImageCheckRequest,
+)

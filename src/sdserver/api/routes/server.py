@@ -16,11 +16,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from sdserver import __version__
+from sdserver.api.aliases import add_alias_routes
 from sdserver.api.deps import AdminDep, CallerDep, ParamsDep, ServicesDep
 from sdserver.api.metrics import CONTENT_TYPE, Metrics, address_allowed
 from sdserver.api.params import find_api_key, read_params
 from sdserver.api.replies import error_reply_for
-from sdserver.api.schemas import openapi_body
 from sdserver.api.storage_control import UpdateS3Request, s3_config_from, switch_to_s3
 from sdserver.catalog.schedulers import SAMPLING_SCHEDULERS, SCHEDULER_NAMES
 from sdserver.errors import ForbiddenError, SdError
@@ -222,18 +222,15 @@ _ENDPOINTS: dict[str, tuple[Handler, list[str], str]] = {
 
 def _register() -> None:
     for name, (handler, methods, summary) in _ENDPOINTS.items():
-        extra = openapi_body(UpdateS3Request) if name == "update_s3" else None
-        for index, prefix in enumerate(PATHS[name]):
-            for method in methods:
-                # One documented operation (POST, first prefix); the GET and alias copies behave the same.
-                router.add_api_route(
-                    f"{prefix}/{name}",
-                    handler,
-                    methods=[method],
-                    summary=summary,
-                    include_in_schema=index == 0 and method == "POST",
-                    openapi_extra=extra,
-                )
+        # One documented operation (POST, first prefix); the GET and alias copies behave the same.
+        add_alias_routes(
+            router,
+            [f"{prefix}/{name}" for prefix in PATHS[name]],
+            handler,
+            summary=summary,
+            body=UpdateS3Request if name == "update_s3" else None,
+            methods=methods,
+        )
     router.add_api_route(
         "/metrics",
         metrics,

@@ -6,12 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from sdserver.api.aliases import SUPER_RESOLUTION_LIST_PATHS, SUPER_RESOLUTION_STRING_PATHS, family_prefix
+from sdserver.api.aliases import (
+    SUPER_RESOLUTION_LIST_PATHS,
+    SUPER_RESOLUTION_STRING_PATHS,
+    add_alias_routes,
+    family_prefix,
+)
 from sdserver.api.client_images import store_client_image
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import allocate_outputs, run_job
-from sdserver.api.schemas import openapi_body
 from sdserver.api.schemas_upscale import SuperResolutionRequest, resolve_super_resolution
 from sdserver.errors import ModelNotFoundError
 from sdserver.jobs import JobKind, JobSpec
@@ -66,17 +70,10 @@ async def super_resolution(
     return await run_job(services, spec, instant_response=resolved.instant_response)
 
 
-def _register() -> None:
-    paths = SUPER_RESOLUTION_STRING_PATHS + SUPER_RESOLUTION_LIST_PATHS
-    for index, path in enumerate(paths):
-        router.add_api_route(
-            path,
-            super_resolution,
-            methods=["POST"],
-            include_in_schema=index == 0,
-            summary="Upscale an image with Real-ESRGAN",
-            openapi_extra=openapi_body(SuperResolutionRequest),
-        )
-
-
-_register()
+add_alias_routes(
+    router,
+    SUPER_RESOLUTION_STRING_PATHS + SUPER_RESOLUTION_LIST_PATHS,
+    super_resolution,
+    summary="Upscale an image with Real-ESRGAN",
+    body=SuperResolutionRequest,
+)

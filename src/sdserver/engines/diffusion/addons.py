@@ -4,7 +4,6 @@ merging (tomesd). `job_addons` applies them for one job and leaves the model exa
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -16,6 +15,8 @@ from safetensors import SafetensorError
 
 from sdserver.catalog.layout import AddonKind, find_addon
 from sdserver.engines.base import JobFailed
+from sdserver.engines.lru import FingerprintLRU, files_fingerprint
+from sdserver.errors import JobErrorCode
 from sdserver.jobs import Job
 
 # Loaded adapters stay on the model (disabled between jobs) so a popular LoRA is not re-read every job.
@@ -56,11 +57,11 @@ class AddonRequest:
 
 @dataclass
 class AddonCache:
-    """What stays loaded on one model between jobs: LoRA adapter names and VAEs, keyed by id with the files'
-    fingerprint so a replaced file is read again."""
+    """What stays loaded on one model between jobs: LoRA adapter names and VAEs by id, fingerprinted by their
+    files so a replaced file is read again."""
 
-    loras: OrderedDict[str, tuple[str, int]] = field(default_factory=OrderedDict)
-    vaes: OrderedDict[str, tuple[Any, int]] = field(default_factory=OrderedDict)
+    loras: FingerprintLRU[str, str] = field(default_factory=lambda: FingerprintLRU(MAX_CACHED_LORAS))
+    vaes: FingerprintLRU[str, Any] = field(default_factory=lambda: FingerprintLRU(MAX_CACHED_VAES))
 
 
 @contextmanager
@@ -95,14 +96,8 @@ def job_addons(
 def _addon_path(models_dir: Path, kind: AddonKind, addon_id: str, field_name: str) -> Path:
     path = find_addon(models_dir, kind, addon_id)
     if path is None:
-        raise JobFailed("addon_not_found", f"{field_name}: no {kind.value} with id {addon_id!r} is loaded")
+        raise JobFailed(JobErrorCode.ADDON_NOT_FOUND, f"{field_name}: no {kind.value} with id {addon_id!r} is loaded")
     return path
-
-
-def fingerprint(path: Path) -> int:
-    """Newest modification time of the file or of any file in the folder."""
-    files = [path] if path.is_file() else [entry for entry in path.rglob("*") if entry.is_file()]
-    return max((entry.stat().st_mtime_ns for entry in files), default=0)
 
 
 def adapter_name(lora_id: str) -> str:
@@ -111,58 +106,54 @@ def adapter_name(lora_id: str) -> str:
 
 
 def _apply_loras(pipeline: Any, cache: AddonCache, loras: tuple[tuple[str, float], ...], models_dir: Path) -> None:
+    wanted = {lora_id for lora_id, _ in loras}
     names: list[str] = []
     for lora_id, _ in loras:
         path = _addon_path(models_dir, AddonKind.LORA, lora_id, "lora_model")
-        stamp = fingerprint(path)
-        cached = cache.loras.get(lora_id)
-        if cached is not None and cached[1] != stamp:
-            pipeline.delete_adapters(cached[0])
-            del cache.loras[lora_id]
-            cached = None
-        if cached is None:
-            _evict_loras(pipeline, cache, keep={lora_id for lora_id, _ in loras})
-            name = adapter_name(lora_id)
-            try:
-                pipeline.load_lora_weights(str(path), adapter_name=name)
-            except LOAD_ERRORS as exc:
-                raise JobFailed("addon_load_failed", f"lora_model: {lora_id!r} could not be loaded: {exc}") from exc
-            cache.loras[lora_id] = (name, stamp)
-        cache.loras.move_to_end(lora_id)
-        names.append(cache.loras[lora_id][0])
+        stamp = files_fingerprint(path)
+        name = cache.loras.get(lora_id, stamp)
+        names.append(name if name is not None else _load_lora(pipeline, cache, lora_id, path, stamp, wanted))
     pipeline.enable_lora()
     pipeline.set_adapters(names, adapter_weights=[strength for _, strength in loras])
 
 
-def _evict_loras(pipeline: Any, cache: AddonCache, keep: set[str]) -> None:
-    while len(cache.loras) >= MAX_CACHED_LORAS:
-        oldest = next((lora_id for lora_id in cache.loras if lora_id not in keep), None)
-        if oldest is None:
-            return
-        name, _ = cache.loras.pop(oldest)
-        pipeline.delete_adapters(name)
+def _load_lora(pipeline: Any, cache: AddonCache, lora_id: str, path: Path, stamp: int, wanted: set[str]) -> str:
+    """Load one adapter, first deleting its stale copy and the least recently used adapters this job does not
+    use: an adapter left out of the cache would stay on the model's modules for good."""
+    stale = cache.loras.pop(lora_id)
+    if stale is not None:
+        pipeline.delete_adapters(stale)
+    for _, evicted in cache.loras.make_room(keep=wanted):
+        pipeline.delete_adapters(evicted)
+    name = adapter_name(lora_id)
+    try:
+        pipeline.load_lora_weights(str(path), adapter_name=name)
+    except LOAD_ERRORS as exc:
+        raise JobFailed(JobErrorCode.ADDON_LOAD_FAILED, f"lora_model: {lora_id!r} could not be loaded: {exc}") from exc
+    for _, evicted in cache.loras.put(lora_id, stamp, name):
+        pipeline.delete_adapters(evicted)
+    return name
 
 
 def _vae(pipeline: Any, cache: AddonCache, vae_id: str, models_dir: Path) -> Any:
     path = _addon_path(models_dir, AddonKind.VAE, vae_id, "vae")
-    stamp = fingerprint(path)
-    cached = cache.vaes.get(vae_id)
-    if cached is not None and cached[1] == stamp:
-        cache.vaes.move_to_end(vae_id)
-        return cached[0]
+    stamp = files_fingerprint(path)
+    cached = cache.vaes.get(vae_id, stamp)
+    if cached is not None:
+        return cached
     own = pipeline.vae
     try:
         vae = load_vae(path, own)
     except LOAD_ERRORS as exc:
-        raise JobFailed("addon_load_failed", f"vae: {vae_id!r} could not be loaded: {exc}") from exc
+        raise JobFailed(JobErrorCode.ADDON_LOAD_FAILED, f"vae: {vae_id!r} could not be loaded: {exc}") from exc
     if int(vae.config.latent_channels) != int(own.config.latent_channels) or len(vae.config.block_out_channels) != len(
         own.config.block_out_channels
     ):
-        raise JobFailed("addon_incompatible", f"vae: {vae_id!r} does not fit model latents (other architecture)")
+        raise JobFailed(
+            JobErrorCode.ADDON_INCOMPATIBLE, f"vae: {vae_id!r} does not fit model latents (other architecture)"
+        )
     vae = vae.to(device=own.device, dtype=own.dtype).eval()
-    cache.vaes[vae_id] = (vae, stamp)
-    while len(cache.vaes) > MAX_CACHED_VAES:
-        cache.vaes.popitem(last=False)
+    cache.vaes.put(vae_id, stamp, vae)
     return vae
 
 
@@ -206,7 +197,7 @@ def _load_embeddings(pipeline: Any, embedding_ids: tuple[str, ...], models_dir: 
                 pipeline.load_textual_inversion(str(path), token=embedding_id)
             except LOAD_ERRORS as exc:
                 raise JobFailed(
-                    "addon_load_failed", f"embeddings_model: {embedding_id!r} could not be loaded: {exc}"
+                    JobErrorCode.ADDON_LOAD_FAILED, f"embeddings_model: {embedding_id!r} could not be loaded: {exc}"
                 ) from exc
     except BaseException:
         added = sorted(set(tokenizer.get_vocab()) - before)

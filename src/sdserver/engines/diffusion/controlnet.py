@@ -4,8 +4,6 @@ modules, hint images, and the run itself (text2img, img2img or inpaint with one 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,16 +20,17 @@ from PIL import Image
 
 from sdserver.catalog.hints import MAX_CONTROLNETS
 from sdserver.catalog.layout import AddonKind, find_addon
-from sdserver.catalog.schedulers import SchedulerChoice, SchedulerError, plan_scheduler
+from sdserver.catalog.schedulers import SchedulerChoice
 from sdserver.engines.base import EngineOutput, JobFailed, StepContext
 from sdserver.engines.diffusion import pipelines
 from sdserver.engines.diffusion.addons import AddonRequest, job_addons
-from sdserver.engines.diffusion.finishing import finish_images
 from sdserver.engines.diffusion.hints import HINT_PREPROCESSORS, make_hint
 from sdserver.engines.diffusion.loader import INPAINT_IN_CHANNELS, LoadedModel, unet_in_channels
 from sdserver.engines.diffusion.prompts import clip_skip_kwargs
 from sdserver.engines.diffusion.schedulers import build_scheduler
+from sdserver.engines.lru import FingerprintLRU, files_fingerprint
 from sdserver.engines.precision import Placement
+from sdserver.errors import JobErrorCode
 from sdserver.jobs import Job, JobKind
 from sdserver.objects.base import ObjectStore
 
@@ -52,68 +51,47 @@ _PIPELINES: Final[dict[str, Any]] = {
 }
 
 
-@dataclass
-class _Cached:
-    fingerprint: int
-    model: Any
-
-
 class ControlNetCache:
     """ControlNet weights by id, on the engine's device and precision; the least recently used goes first."""
 
     def __init__(self, models_dir: Path, placement: Placement, max_loaded: int = MAX_LOADED_CONTROLNETS) -> None:
         self._models_dir = models_dir
         self._placement = placement
-        self._max_loaded = max(1, max_loaded)
-        self._loaded: OrderedDict[str, _Cached] = OrderedDict()
-        self._lock = threading.Lock()
+        self._loaded: FingerprintLRU[str, Any] = FingerprintLRU(max(1, max_loaded))
 
     def get(self, controlnet_ids: Sequence[str]) -> list[Any]:
         """The ControlNets for one job, in order; raises JobFailed naming an id that is not on disk."""
-        if len(controlnet_ids) > self._max_loaded:
+        if len(controlnet_ids) > self._loaded.max_entries:
             raise JobFailed(
-                "invalid_params",
-                f"controlnet_model: at most {self._max_loaded} ControlNets per job, got {len(controlnet_ids)}",
+                JobErrorCode.INVALID_PARAMS,
+                f"controlnet_model: at most {self._loaded.max_entries} ControlNets per job, got {len(controlnet_ids)}",
             )
         return [self._one(controlnet_id) for controlnet_id in controlnet_ids]
 
     def held(self) -> frozenset[str]:
-        with self._lock:
-            return frozenset(self._loaded)
+        return self._loaded.keys()
 
     def clear(self) -> None:
-        with self._lock:
-            self._loaded.clear()
+        self._loaded.clear()
 
     def _one(self, controlnet_id: str) -> Any:
         path = find_addon(self._models_dir, AddonKind.CONTROLNET, controlnet_id)
         if path is None:
-            with self._lock:
-                self._loaded.pop(controlnet_id, None)
-            raise JobFailed("controlnet_not_found", f"controlnet_model: ControlNet {controlnet_id!r} not found")
-        fingerprint = _fingerprint(path)
-        with self._lock:
-            cached = self._loaded.get(controlnet_id)
-            if cached is not None and cached.fingerprint == fingerprint:
-                self._loaded.move_to_end(controlnet_id)
-                return cached.model
-            self._loaded.pop(controlnet_id, None)
-            while len(self._loaded) >= self._max_loaded:
-                self._loaded.popitem(last=False)
+            self._loaded.pop(controlnet_id)
+            raise JobFailed(
+                JobErrorCode.CONTROLNET_NOT_FOUND, f"controlnet_model: ControlNet {controlnet_id!r} not found"
+            )
+        fingerprint = files_fingerprint(path)
+        cached = self._loaded.get(controlnet_id, fingerprint)
+        if cached is not None:
+            return cached
+        # Not loaded, or replaced on disk: the old copy and the oldest others go before the new one loads.
+        self._loaded.pop(controlnet_id)
+        self._loaded.make_room()
         log.info("loading ControlNet %s from %s", controlnet_id, path)
         model = _load_controlnet(controlnet_id, path, self._placement)
-        with self._lock:
-            self._loaded[controlnet_id] = _Cached(fingerprint, model)
+        self._loaded.put(controlnet_id, fingerprint, model)
         return model
-
-
-def _fingerprint(path: Path) -> int:
-    """Changes when any file of the ControlNet is replaced (a folder's own mtime misses overwritten files)."""
-    files = [path] if path.is_file() else [entry for entry in path.rglob("*") if entry.is_file()]
-    try:
-        return max((entry.stat().st_mtime_ns for entry in files), default=0)
-    except OSError:
-        return 0
 
 
 def _load_controlnet(controlnet_id: str, path: Path, placement: Placement) -> Any:
@@ -128,7 +106,7 @@ def _load_controlnet(controlnet_id: str, path: Path, placement: Placement) -> An
         raise  # device trouble, not a bad file: the engine maps it
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise JobFailed(
-            "model_load_failed", f"controlnet_model: ControlNet {controlnet_id!r} could not be loaded: {exc}"
+            JobErrorCode.MODEL_LOAD_FAILED, f"controlnet_model: ControlNet {controlnet_id!r} could not be loaded: {exc}"
         ) from exc
     return model.to(placement.device).eval()
 
@@ -148,7 +126,7 @@ def controlnet_inputs(job: Job) -> ControlNetInputs:
     params = job.params
     models = [str(item) for item in _as_list(params.get("controlnet_model"))]
     if not models:
-        raise JobFailed("invalid_params", "controlnet_model: the job names no ControlNet")
+        raise JobFailed(JobErrorCode.INVALID_PARAMS, "controlnet_model: the job names no ControlNet")
     types = [str(item) if item else None for item in _as_list(params.get("controlnet_type"))] or [None]
     scales = [float(item) for item in _as_list(params.get("controlnet_conditioning_scale"))] or [
         DEFAULT_CONDITIONING_SCALE
@@ -173,7 +151,9 @@ def _per_model(values: list[T], count: int, field: str) -> list[T]:
     if len(values) == 1:
         return values * count
     if len(values) != count:
-        raise JobFailed("invalid_params", f"{field}: give one value or one per ControlNet ({count}), got {len(values)}")
+        raise JobFailed(
+            JobErrorCode.INVALID_PARAMS, f"{field}: give one value or one per ControlNet ({count}), got {len(values)}"
+        )
     return values
 
 
@@ -202,10 +182,12 @@ def run_controlnet_job(
     tomesd) and the shared finishing (safety screen, PNG parameters); raises JobFailed for inputs it cannot use."""
     mode = job_mode(job)
     if mode != INPAINT_MODE and unet_in_channels(model) == INPAINT_IN_CHANNELS:
-        raise JobFailed("unsupported_model", f"Model {model.model_id} is an inpainting model; send a mask_image")
+        raise JobFailed(
+            JobErrorCode.UNSUPPORTED_MODEL, f"Model {model.model_id} is an inpainting model; send a mask_image"
+        )
     inputs = pipelines.job_inputs(job)
     control = controlnet_inputs(job)
-    choice = _scheduler(model, job, inputs, from_image=mode != TEXT2IMG_MODE)
+    choice = pipelines.choose_scheduler(model, job, inputs, from_image=mode != TEXT2IMG_MODE)
     controlnets = cache.get(control.models)
     pipeline = _pipeline(model, mode, controlnets, build_scheduler(choice, model.scheduler_config, inputs.seed))
     size = (job.width, job.height)
@@ -215,15 +197,9 @@ def run_controlnet_job(
     addons = AddonRequest.from_job(job)
     with job_addons(pipeline, model.addons, addons, models_dir, inputs.seed) as addon_meta:
         images = _generate(pipeline, job, inputs, control, ctx, skip, mode, init, hints, mask)
-    if mask is not None and init is not None:
-        images = [pipelines.paste_unmasked(image, init, mask) for image in images]
-    finished = finish_images(
-        images,
-        job,
-        seed=inputs.seed,
-        sampler=choice.class_name,
-        nsfw_threshold=nsfw_threshold,
-        extra_parameters=_extra_parameters(inputs, addons, control, skip, mode),
+    extra = _extra_parameters(inputs, addons, control, skip, mode)
+    finished = pipelines.finish_run(
+        images, job, inputs, choice, init=init, mask=mask, nsfw_threshold=nsfw_threshold, extra_parameters=extra
     )
     meta = _meta(inputs, choice, model, skip, control, mode) | addon_meta | finished.meta
     return EngineOutput(images=finished.images, meta=meta)
@@ -282,18 +258,6 @@ def _generate(
         return list(pipeline(**kwargs).images)
 
 
-def _scheduler(model: LoadedModel, job: Job, inputs: pipelines.JobInputs, *, from_image: bool) -> SchedulerChoice:
-    try:
-        return plan_scheduler(
-            job.scheduler or model.default_scheduler,
-            inputs.use_karras_sigmas,
-            inputs.algorithm_type,
-            from_image=from_image,
-        )
-    except SchedulerError as exc:
-        raise JobFailed(exc.code, exc.message) from exc
-
-
 def _pipeline(model: LoadedModel, mode: str, controlnets: list[Any], scheduler: Any) -> Any:
     """A ControlNet pipeline around the very modules the model's other pipelines use: no second copy of weights."""
     base = model.pipelines[JobKind.TEXT2IMG]
@@ -327,14 +291,16 @@ def _input_images(
     elif init is not None:
         control = init
     else:
-        raise JobFailed("invalid_image", "control_image: the job has neither a control_image nor an init_image")
+        raise JobFailed(
+            JobErrorCode.INVALID_IMAGE, "control_image: the job has neither a control_image nor an init_image"
+        )
     mask = (
         pipelines.read_image(objects, params["mask_image_key"], size, "L", "mask_image")
         if params.get("mask_image_key")
         else None
     )
     if mask is not None and init is None:
-        raise JobFailed("invalid_image", "init_image: inpainting with a mask_image needs an init_image")
+        raise JobFailed(JobErrorCode.INVALID_IMAGE, "init_image: inpainting with a mask_image needs an init_image")
     return init, control, mask
 
 
@@ -343,7 +309,7 @@ def _hint(image: Image.Image, controlnet_type: str | None, auto_hint: bool) -> I
         return image
     if controlnet_type is None or controlnet_type not in HINT_PREPROCESSORS:
         raise JobFailed(
-            "invalid_params",
+            JobErrorCode.INVALID_PARAMS,
             f"controlnet_type: auto_hint has no preprocessor for {controlnet_type!r}; "
             f"supported: {', '.join(sorted(HINT_PREPROCESSORS))}",
         )

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -20,7 +18,9 @@ from sdserver.engines.base import DeviceFailure, DeviceOutOfMemory, EngineOutput
 from sdserver.engines.diffusion.controlnet import ControlNetCache, run_controlnet_job
 from sdserver.engines.diffusion.loader import LoadedModel, load_model
 from sdserver.engines.diffusion.pipelines import run_job
+from sdserver.engines.lru import FingerprintLRU
 from sdserver.engines.precision import Placement, PrecisionSetting, choose_placement
+from sdserver.errors import JobErrorCode
 from sdserver.jobs import Job, JobKind
 
 if TYPE_CHECKING:
@@ -62,11 +62,9 @@ class DiffusionEngine:
         self._models_dir = models_dir_for(settings.data_dir)
         self._nsfw_threshold = settings.nsfw_threshold
         self._objects = objects
-        self._max_loaded = max_loaded
         self.placement: Placement = choose_placement(precision, device)
         self._free_bytes = memory_probe or (lambda: free_device_memory(self.placement.device))
-        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()
+        self._loaded: FingerprintLRU[str, LoadedModel] = FingerprintLRU(max_loaded)
         self._scan: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
         self._controlnets = ControlNetCache(self._models_dir, self.placement)
         _quiet_libraries()
@@ -87,12 +85,10 @@ class DiffusionEngine:
         return ids
 
     def held_models(self) -> Collection[str]:
-        with self._lock:
-            return frozenset(self._loaded)
+        return self._loaded.keys()
 
     def clear(self) -> None:
-        with self._lock:
-            self._loaded.clear()
+        self._loaded.clear()
         self._controlnets.clear()
         _free_memory()
 
@@ -131,12 +127,10 @@ class DiffusionEngine:
         source = find_model(self._models_dir, model_id)
         if source is None:
             self._forget(model_id)
-            raise JobFailed("model_not_found", "Model id not found")
-        with self._lock:
-            cached = self._loaded.get(model_id)
-            if cached is not None and cached.fingerprint == source.fingerprint():
-                self._loaded.move_to_end(model_id)
-                return cached
+            raise JobFailed(JobErrorCode.MODEL_NOT_FOUND, "Model id not found")
+        cached = self._loaded.get(model_id, source.fingerprint())
+        if cached is not None:
+            return cached
         # Not loaded, or its files were replaced since it was.
         self._forget(model_id)
         self._make_room(model_footprint(source))
@@ -148,31 +142,28 @@ class DiffusionEngine:
             self.placement.device,
         )
         model = load_model(source, self.placement)
-        with self._lock:
-            self._loaded[model_id] = model
+        self._loaded.put(model_id, model.fingerprint, model)
         return model
 
     def _make_room(self, needed: int) -> None:
         """Evict before loading, least recently used first, until the count limit leaves a slot and the device's
         free memory fits the new model plus headroom; two models never sit in memory beyond either limit."""
         headroom = needed + max(MIN_HEADROOM_BYTES, needed // 4)
-        while True:
-            with self._lock:
-                if not self._loaded:
+        while len(self._loaded):
+            full = self._loaded.is_full()
+            if not full:
+                free = self._free_bytes()
+                if free is None or free >= headroom:
                     return
-                full = len(self._loaded) >= self._max_loaded
-                if not full:
-                    free = self._free_bytes()
-                    if free is None or free >= headroom:
-                        return
-                evicted_id, evicted = self._loaded.popitem(last=False)
-            log.info("unloading model %s to make room (%s)", evicted_id, "count limit" if full else "memory")
+            evicted = self._loaded.pop_oldest()
+            if evicted is None:
+                return
+            log.info("unloading model %s to make room (%s)", evicted[0], "count limit" if full else "memory")
             del evicted
             _free_memory()
 
     def _forget(self, model_id: str) -> None:
-        with self._lock:
-            dropped = self._loaded.pop(model_id, None)
+        dropped = self._loaded.pop(model_id)
         if dropped is not None:
             del dropped
             _free_memory()

@@ -13,6 +13,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from sdserver.engines.base import JobFailed
+from sdserver.errors import JobErrorCode
 from sdserver.images import normalize_mode
 from sdserver.jobs import Job
 
@@ -59,7 +60,9 @@ def finish_images(
 
 def _screen(images: list[Image.Image], mode: str, threshold: float) -> tuple[list[Image.Image], dict[str, Any]]:
     if mode not in SAFETY_MODES:
-        raise JobFailed("invalid_params", f"safety_checker_type must be one of {', '.join(SAFETY_MODES)}, got {mode!r}")
+        raise JobFailed(
+            JobErrorCode.INVALID_PARAMS, f"safety_checker_type must be one of {', '.join(SAFETY_MODES)}, got {mode!r}"
+        )
     # Imported here: the checker loads onnxruntime and its model only for jobs that ask for it.
     from sdserver.safety import screen_images
 

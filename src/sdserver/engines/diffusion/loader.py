@@ -20,6 +20,7 @@ from sdserver.catalog.layout import MODEL_INDEX, ModelFormat, ModelSource
 from sdserver.engines.base import JobFailed
 from sdserver.engines.diffusion.addons import AddonCache
 from sdserver.engines.precision import Placement
+from sdserver.errors import JobErrorCode
 from sdserver.jobs import JobKind
 
 # Pipeline classes whose folders hold the SD 1.x/2.x component set the three pipelines share.
@@ -65,7 +66,7 @@ def load_model(source: ModelSource, placement: Placement) -> LoadedModel:
         raise  # device trouble, not a bad file: the engine maps it
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         # Corrupt or mismatched files: the job cannot run, the worker is fine.
-        raise JobFailed("model_load_failed", f"Model {source.model_id} could not be loaded: {exc}") from exc
+        raise JobFailed(JobErrorCode.MODEL_LOAD_FAILED, f"Model {source.model_id} could not be loaded: {exc}") from exc
     if placement.device != "cpu":
         base.to(placement.device)
     return _share_components(source, placement, base)
@@ -76,7 +77,7 @@ def _load_folder(source: ModelSource, placement: Placement) -> Any:
     pipeline_class = index.get("_class_name")
     if pipeline_class not in SUPPORTED_PIPELINES:
         raise JobFailed(
-            "unsupported_model",
+            JobErrorCode.UNSUPPORTED_MODEL,
             f"Model {source.model_id} is a {pipeline_class}; this server runs Stable Diffusion 1.x/2.x models",
         )
     # The safety checker is the server's own (issue 4), never the one a model folder may carry.
@@ -117,7 +118,7 @@ def _sd1_unet_in_channels(source: ModelSource) -> int:
     text, unet = shapes.get(SD1_TEXT_KEY), shapes.get(UNET_INPUT_KEY)
     if text is None or unet is None or text[-1] != SD1_CONTEXT_DIM:
         raise JobFailed(
-            "unsupported_model",
+            JobErrorCode.UNSUPPORTED_MODEL,
             f"Checkpoint {source.model_id} is not a Stable Diffusion 1.x checkpoint; other architectures need a "
             f"diffusers folder (or a {source.model_id}.config folder beside the checkpoint)",
         )

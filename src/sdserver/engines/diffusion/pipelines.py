@@ -4,13 +4,12 @@ then the shared post-processing (`finish_images`: safety screen, PNG with genera
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import torch
-from PIL import Image, ImageFilter, UnidentifiedImageError
+from PIL import Image, ImageFilter
 
 from sdserver.catalog.schedulers import SchedulerChoice, SchedulerError, plan_scheduler
 from sdserver.engines.base import EngineOutput, JobFailed, StepContext
@@ -19,7 +18,8 @@ from sdserver.engines.diffusion.finishing import FinishedImages, finish_images
 from sdserver.engines.diffusion.loader import INPAINT_IN_CHANNELS, LoadedModel, unet_in_channels
 from sdserver.engines.diffusion.prompts import clip_skip_kwargs
 from sdserver.engines.diffusion.schedulers import build_scheduler
-from sdserver.errors import NotFoundError
+from sdserver.engines.inputs import read_input_image
+from sdserver.errors import JobErrorCode
 from sdserver.jobs import Job, JobKind
 from sdserver.objects.base import ObjectStore
 
@@ -81,13 +81,14 @@ def sample_generators(seed: int, samples: int) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed((seed + index) & SEED_MASK) for index in range(samples)]
 
 
-def choose_scheduler(model: LoadedModel, job: Job, inputs: JobInputs) -> SchedulerChoice:
+def choose_scheduler(model: LoadedModel, job: Job, inputs: JobInputs, *, from_image: bool) -> SchedulerChoice:
+    """The job's scheduler (the model's own by default); `from_image`: the run starts from an init image."""
     try:
         return plan_scheduler(
             job.scheduler or model.default_scheduler,
             inputs.use_karras_sigmas,
             inputs.algorithm_type,
-            from_image=job.kind is not JobKind.TEXT2IMG,
+            from_image=from_image,
         )
     except SchedulerError as exc:
         raise JobFailed(exc.code, exc.message) from exc
@@ -111,9 +112,11 @@ def run_job(
 ) -> EngineOutput:
     """Make `samples` images for one job as one batch; raises JobFailed for inputs the job cannot use."""
     if job.kind is not JobKind.INPAINT and unet_in_channels(model) == INPAINT_IN_CHANNELS:
-        raise JobFailed("unsupported_model", f"Model {model.model_id} is an inpainting model; use it with inpaint")
+        raise JobFailed(
+            JobErrorCode.UNSUPPORTED_MODEL, f"Model {model.model_id} is an inpainting model; use it with inpaint"
+        )
     inputs = job_inputs(job)
-    choice = choose_scheduler(model, job, inputs)
+    choice = choose_scheduler(model, job, inputs, from_image=job.kind is not JobKind.TEXT2IMG)
     pipeline = model.pipelines[job.kind]
     pipeline.scheduler = build_scheduler(choice, model.scheduler_config, inputs.seed)
     skip = diffusers_clip_skip(inputs.clip_skip, model.text_layers)
@@ -121,17 +124,9 @@ def run_job(
     addons = AddonRequest.from_job(job)
     with job_addons(pipeline, model.addons, addons, models_dir, inputs.seed) as addon_meta:
         images = _generate(pipeline, job, inputs, ctx, skip, init, mask)
-    if mask is not None and init is not None:
-        images = [paste_unmasked(image, init, mask) for image in images]
-    finished = finish_images(
-        images,
-        job,
-        seed=inputs.seed,
-        sampler=choice.class_name,
-        nsfw_threshold=nsfw_threshold,
-        extra_parameters=_extra_parameters(
-            inputs, addons, skip, from_image=init is not None, tome=addon_meta["tomesd"] == "yes"
-        ),
+    extra = _extra_parameters(inputs, addons, skip, from_image=init is not None, tome=addon_meta["tomesd"] == "yes")
+    finished = finish_run(
+        images, job, inputs, choice, init=init, mask=mask, nsfw_threshold=nsfw_threshold, extra_parameters=extra
     )
     meta = run_meta(inputs, choice, model, skip) | addon_meta | finished.meta
     return EngineOutput(images=finished.images, meta=meta)
@@ -222,18 +217,33 @@ def run_meta(inputs: JobInputs, choice: SchedulerChoice, model: LoadedModel, ski
 
 def read_image(objects: ObjectStore, key: Any, size: tuple[int, int], mode: str, field: str) -> Image.Image:
     """A stored input image decoded, converted to `mode` and resized to the job's size."""
-    if not isinstance(key, str) or not key:
-        raise JobFailed("invalid_image", f"{field}: the job has no stored image")
-    try:
-        data = objects.get(key)
-    except NotFoundError as exc:
-        raise JobFailed("image_not_found", f"{field}: the stored image is gone ({key})") from exc
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            image = opened.convert(mode)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise JobFailed("invalid_image", f"{field}: the stored image could not be decoded: {exc}") from exc
+    image = read_input_image(objects, key, field, mode=mode)
     return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def finish_run(
+    images: list[Image.Image],
+    job: Job,
+    inputs: JobInputs,
+    choice: SchedulerChoice,
+    *,
+    init: Image.Image | None,
+    mask: Image.Image | None,
+    nsfw_threshold: float,
+    extra_parameters: dict[str, Any],
+) -> FinishedImages:
+    """The end of every diffusion job: an inpainting output gets the input's unmasked pixels back, then the shared
+    finishing (safety screen, PNG whose parameters name the seed and the scheduler that ran)."""
+    if mask is not None and init is not None:
+        images = [paste_unmasked(image, init, mask) for image in images]
+    return finish_images(
+        images,
+        job,
+        seed=inputs.seed,
+        sampler=choice.class_name,
+        nsfw_threshold=nsfw_threshold,
+        extra_parameters=extra_parameters,
+    )
 
 
 def paste_unmasked(generated: Image.Image, init: Image.Image, mask: Image.Image) -> Image.Image:

@@ -6,22 +6,23 @@ import io
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from sdserver.config import Settings
 from sdserver.engines.base import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobFailed, StepContext
+from sdserver.engines.inputs import read_input_image
+from sdserver.engines.lru import FingerprintLRU
 from sdserver.engines.precision import PrecisionSetting, choose_device
 from sdserver.engines.upscale.archs import OFFICIAL_MODELS
 from sdserver.engines.upscale.runner import DEFAULT_TILE_PAD, Upscaler, output_size
 from sdserver.engines.upscale.tiling import is_out_of_memory
 from sdserver.engines.upscale.weights import UnsupportedWeightsError, find_weights, list_weight_ids, load_network
-from sdserver.errors import NotFoundError
+from sdserver.errors import JobErrorCode
 from sdserver.jobs import Job, JobKind
 from sdserver.objects.base import ObjectStore
 
@@ -29,8 +30,6 @@ log = logging.getLogger(__name__)
 
 # models() is called on every claim; a directory listing that often is cheap, but not free on network disks.
 SCAN_INTERVAL_S: Final = 2.0
-# What the API accepts; other decoders stay unreachable even if a stored object were something else.
-INPUT_FORMATS: Final = ("PNG", "JPEG", "WEBP")
 FACE_ENHANCE_MESSAGE: Final = (
     "face_enhance needs a face-restoration model (GFPGAN/CodeFormer), which this server does not have yet; "
     "send face_enhance: no"
@@ -65,11 +64,10 @@ class UpscaleEngine:
         self._device = torch.device(choose_device(device))
         self._precision: PrecisionSetting = precision
         self._tile, self._tile_pad, self._tile_batch = tile, tile_pad, tile_batch
-        self._max_loaded = max(1, max_loaded)
         self._max_pixels = max_input_pixels or settings.max_upscale_input_pixels
         self._lock = threading.Lock()
-        # model id -> (weight file, its mtime and size, the loaded upscaler); a replaced file is reloaded.
-        self._loaded: OrderedDict[str, tuple[tuple[Path, int, int], Upscaler]] = OrderedDict()
+        # Fingerprinted by the weight file's path, mtime and size: a replaced file is reloaded.
+        self._loaded: FingerprintLRU[str, Upscaler] = FingerprintLRU(max(1, max_loaded))
         self._scanned_at = -float("inf")
         self._scanned: frozenset[str] = frozenset()
 
@@ -88,12 +86,10 @@ class UpscaleEngine:
             return self._scanned
 
     def held_models(self) -> Collection[str]:
-        with self._lock:
-            return frozenset(self._loaded)
+        return self._loaded.keys()
 
     def clear(self) -> None:
-        with self._lock:
-            self._loaded.clear()
+        self._loaded.clear()
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -103,7 +99,7 @@ class UpscaleEngine:
     def _run_one(self, job: Job, step: StepContext) -> EngineOutput:
         params = job.params
         if params.get("face_enhance"):
-            raise JobFailed("face_enhance_unavailable", FACE_ENHANCE_MESSAGE)
+            raise JobFailed(JobErrorCode.FACE_ENHANCE_UNAVAILABLE, FACE_ENHANCE_MESSAGE)
         scale = float(params.get("scale", 4))
         upscaler = self.upscaler(job.model_id)
         image = self._read_input(str(params["input_key"]))
@@ -131,20 +127,18 @@ class UpscaleEngine:
         path = find_weights(self._folder, model_id)
         if path is None:
             raise JobFailed(
-                "model_weights_missing",
+                JobErrorCode.MODEL_WEIGHTS_MISSING,
                 f"No weights for {model_id}: put {model_id}.pth (or .safetensors) in {self._folder.resolve()}/",
             )
         stat = path.stat()
         identity = (path, stat.st_mtime_ns, stat.st_size)
-        with self._lock:
-            cached = self._loaded.get(model_id)
-            if cached is not None and cached[0] == identity:
-                self._loaded.move_to_end(model_id)
-                return cached[1]
+        cached = self._loaded.get(model_id, identity)
+        if cached is not None:
+            return cached
         try:
             network, spec = load_network(path)
         except UnsupportedWeightsError as exc:
-            raise JobFailed("unsupported_weights", f"Cannot use {path.resolve()}: {exc}") from None
+            raise JobFailed(JobErrorCode.UNSUPPORTED_WEIGHTS, f"Cannot use {path.resolve()}: {exc}") from None
         expected = OFFICIAL_MODELS.get(model_id)
         if expected is not None and expected != spec:
             log.warning(
@@ -154,31 +148,12 @@ class UpscaleEngine:
             network, spec, device=self._device, precision=self._precision,
             tile_pad=self._tile_pad, tile_batch=self._tile_batch,
         )  # fmt: skip
-        with self._lock:
-            self._loaded[model_id] = (identity, upscaler)
-            self._loaded.move_to_end(model_id)
-            while len(self._loaded) > self._max_loaded:
-                self._loaded.popitem(last=False)
+        self._loaded.put(model_id, identity, upscaler)
         return upscaler
 
     def _read_input(self, key: str) -> Image.Image:
-        try:
-            data = self._objects.get(key)
-        except NotFoundError:
-            raise JobFailed("input_missing", "The input image is no longer in the object store") from None
-        try:
-            image = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
-            width, height = image.size
-            if width * height > self._max_pixels:
-                raise JobFailed(
-                    "input_too_large",
-                    f"The input image is {width}x{height} pixels, over the limit of {self._max_pixels} pixels",
-                )
-            image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise JobFailed("input_unreadable", f"The input image could not be decoded: {exc}") from None
-        # Phone photos store their rotation in EXIF; the upscale must come out upright like the preview.
-        return ImageOps.exif_transpose(image)
+        # Phone photos store their rotation in EXIF; the reader turns them upright like the preview.
+        return read_input_image(self._objects, key, "url", max_pixels=self._max_pixels)
 
     def _device_error(self, exc: RuntimeError) -> Exception | None:
         """Out of memory outside the tile loop (which retries its own) fails the job after freeing the loaded
