@@ -24,9 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sdserver {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser(
-        "serve", help="start the API and local workers (default job store: embedded SQLite)"
-    )
+    serve = commands.add_parser("serve", help="start the API and local workers (default job store: embedded SQLite)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     _add_data_dir(serve)
