@@ -222,7 +222,7 @@ def serve(
         }
         | (env or {})
     )
-    command = [str(Path(sys.executable).with_name("sdserver")), "serve", "--log-level", "warning"]
+    command = [sys.executable, "-m", "sdserver.cli", "serve", "--log-level", "warning"]
     started = time.perf_counter()
     process = subprocess.Popen(command, env=environ)  # noqa: S603 (our own executable, fixed arguments)
     url = f"http://127.0.0.1:{port}"

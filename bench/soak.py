@@ -266,7 +266,7 @@ def own_server(workers: int) -> Iterator[tuple[str, str, int]]:
         "SDSERVER_SYNC_WAIT_S": "2",
         "HF_HUB_OFFLINE": "1",
     }
-    command = [str(Path(sys.executable).with_name("sdserver")), "serve", "--log-level", "warning"]
+    command = [sys.executable, "-m", "sdserver.cli", "serve", "--log-level", "warning"]
     process = subprocess.Popen(command, env=env)  # noqa: S603 (our own executable, fixed arguments)
     url = f"http://127.0.0.1:{port}"
     try:
