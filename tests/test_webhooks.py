@@ -23,6 +23,7 @@ from sdserver.auth import KeyStore
 from sdserver.config import Settings
 from sdserver.database import create_db_engine, utcnow
 from sdserver.errors import NotFoundError
+from sdserver.job_params import FakeParams
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus, WebhookStatus
 from sdserver.netguard import FetchPolicy
 from sdserver.webhooks import WebhookSender, sign, verify_signature, webhook_secret
@@ -67,7 +68,7 @@ def make_job(job_id: int, webhook_url: str | None, track_id: str | int | None = 
         owner_key_id=1,
         kind=JobKind.TEXT2IMG,
         model_id="test-ok",
-        params={},
+        params=FakeParams(),
         output_keys=(f"out/{job_id}.png",),
         future_links=(f"http://files.example/out/{job_id}.png",),
         width=64,
@@ -622,7 +623,7 @@ def finish_job(store: RealStore, url: str, *, track_id: str | int | None, succee
         owner_key_id=store.owner_key_id,
         kind=JobKind.TEXT2IMG,
         model_id="test-ok",
-        params={},
+        params=FakeParams(),
         output_keys=("out/a.png",),
         future_links=("http://files.example/out/a.png",),
         width=64,

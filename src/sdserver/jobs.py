@@ -5,7 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final, TypeVar
+
+from sdserver.job_params import (
+    ControlNetParams,
+    FakeParams,
+    GenerationParams,
+    JobParams,
+    JobReply,
+    ModelLoadParams,
+    SuperResolutionParams,
+)
+
+P = TypeVar("P")
 
 
 class JobKind(StrEnum):
@@ -19,6 +31,16 @@ class JobKind(StrEnum):
 
 # Model ids served by the deterministic test engine (engines=["test"]): test-ok, test-slow, test-raise, ...
 TEST_MODEL_PREFIX = "test-"
+
+# The params each kind takes; the test engine's own params fit every kind it runs.
+PARAMS_FOR_KIND: Final[dict[JobKind, tuple[type[Any], ...]]] = {
+    JobKind.TEXT2IMG: (GenerationParams, FakeParams),
+    JobKind.IMG2IMG: (GenerationParams, FakeParams),
+    JobKind.INPAINT: (GenerationParams, FakeParams),
+    JobKind.CONTROLNET: (ControlNetParams, FakeParams),
+    JobKind.SUPER_RESOLUTION: (SuperResolutionParams, FakeParams),
+    JobKind.MODEL_LOAD: (ModelLoadParams,),
+}
 
 
 class JobStatus(StrEnum):
@@ -62,13 +84,14 @@ class WebhookStatus(StrEnum):
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What the API submits: validated parameters the worker trusts, and outputs allocated up front."""
+    """What the API submits: validated parameters the worker trusts, what the replies echo, and outputs allocated
+    up front."""
 
     owner_key_id: int
     kind: JobKind
     model_id: str
-    # JSON-serialisable, already validated and defaulted at the edge.
-    params: dict[str, Any]
+    # Already validated and defaulted at the edge; the worker runs exactly these.
+    params: JobParams
     # Object keys the outputs will be written to, and their URLs (`future_links`), fixed at submit time.
     output_keys: tuple[str, ...]
     future_links: tuple[str, ...]
@@ -80,6 +103,11 @@ class JobSpec:
     # Echoed unchanged: string or integer, as the client sent it.
     track_id: str | int | None = None
     max_attempts: int = 3
+    reply: JobReply = field(default_factory=JobReply)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.params, PARAMS_FOR_KIND[self.kind]):
+            raise TypeError(f"a {self.kind.value} job cannot take {type(self.params).__name__}")
 
     @property
     def batch_signature(self) -> str:
@@ -99,7 +127,7 @@ class Job:
     owner_key_id: int
     kind: JobKind
     model_id: str
-    params: dict[str, Any]
+    params: JobParams
     output_keys: tuple[str, ...]
     future_links: tuple[str, ...]
     width: int
@@ -124,6 +152,13 @@ class Job:
     lease_expires_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    reply: JobReply = field(default_factory=JobReply)
+
+    def params_as(self, cls: type[P]) -> P:
+        """The params as the type this kind's engine expects; a mismatch is a bug upstream, not bad input."""
+        if not isinstance(self.params, cls):
+            raise TypeError(f"job {self.id} ({self.kind.value}) has {type(self.params).__name__}, not {cls.__name__}")
+        return self.params
 
     @property
     def progress_percent(self) -> float:

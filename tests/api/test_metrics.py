@@ -7,6 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sdserver.auth import Role
+from sdserver.job_params import FakeParams, ModelLoadParams
 from sdserver.jobs import JobKind, JobSpec
 from tests.support.live_server import LiveServer
 
@@ -25,7 +26,9 @@ def spec(owner: int, kind: JobKind, model_id: str) -> JobSpec:
         owner_key_id=owner,
         kind=kind,
         model_id=model_id,
-        params={},
+        params=FakeParams()
+        if kind is not JobKind.MODEL_LOAD
+        else ModelLoadParams("checkpoint", "url", "http://models.test/m"),
         output_keys=(),
         future_links=(),
         width=64,

@@ -17,6 +17,7 @@ from safetensors.numpy import save as save_safetensors
 from sdserver.auth import Role
 from sdserver.catalog.registry import ModelKind, ModelState
 from sdserver.engines.model_loader import ModelLoaderEngine
+from sdserver.job_params import ModelLoadParams
 from sdserver.jobs import JobStatus
 from tests.support.http_host import HttpHost, Reply
 from tests.support.live_server import LiveServer, make_settings, run_server, worker_thread
@@ -287,7 +288,8 @@ def test_a_huggingface_load_queues_a_hub_snapshot(
     )
     assert reply["status"] == "success", reply
     job = models_server.services.jobs.get(reply["id"], owner_key_id=None)
-    assert (job.params["source_type"], job.params["source"], job.params["revision"]) == (
+    params = job.params_as(ModelLoadParams)
+    assert (params.source_type, params.source, params.revision) == (
         "hub",
         "runwayml/stable-diffusion-v1-5",
         "main",

@@ -10,6 +10,7 @@ import pytest
 from sdserver import __version__
 from sdserver.auth import Role
 from sdserver.catalog.layout import DIFFUSERS_DIR, MODEL_INDEX
+from sdserver.job_params import FakeParams
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus
 from sdserver.jobstore.control import Command
 from sdserver.objects.base import make_object_key
@@ -26,7 +27,7 @@ def submit(live: LiveServer, owner_key: str, model_id: str = "test-ok") -> Job:
         owner_key_id=owner.id,
         kind=JobKind.TEXT2IMG,
         model_id=model_id,
-        params={},
+        params=FakeParams(),
         output_keys=(),
         future_links=(),
         width=64,

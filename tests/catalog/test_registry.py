@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sdserver.catalog.registry import ModelKind, ModelRegistry, ModelState, models
 from sdserver.database import create_db_engine
 from sdserver.errors import ValidationError
+from sdserver.job_params import ModelLoadParams
 from sdserver.jobs import JobKind, JobSpec, JobStatus
 from sdserver.jobstore.store import JobStore
 
@@ -112,7 +113,7 @@ def test_a_loading_row_whose_job_died_reads_as_failed_with_the_jobs_reason(engin
             owner_key_id=1,
             kind=JobKind.MODEL_LOAD,
             model_id="orphan",
-            params={},
+            params=ModelLoadParams("checkpoint", "url", "http://models.test/orphan"),
             output_keys=(),
             future_links=(),
             max_attempts=1,

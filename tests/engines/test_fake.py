@@ -16,6 +16,7 @@ from sdserver.config import Settings
 from sdserver.engines.base import DeviceFailure, DeviceOutOfMemory, JobCancelled
 from sdserver.engines.factory import build_engines
 from sdserver.engines.fake import TEST_MODELS, FakeEngine, job_seed
+from sdserver.job_params import FakeParams
 from sdserver.jobs import Job, JobKind, JobStatus
 
 
@@ -26,7 +27,7 @@ def make_job(model_id: str = "test-ok", *, job_id: int = 1, samples: int = 1, **
         owner_key_id=1,
         kind=JobKind.TEXT2IMG,
         model_id=model_id,
-        params={"prompt": "a red fox", **params},
+        params=FakeParams(**{"prompt": "a red fox", **params}),
         output_keys=keys,
         future_links=tuple(f"http://sd.test/files/{key}" for key in keys),
         width=0,
@@ -94,14 +95,14 @@ def test_meta_reports_the_seed_used_and_derives_one_from_the_job_id() -> None:
 
 def test_every_step_is_reported() -> None:
     ctx = RecordingContext()
-    run_one(make_job(num_inference_steps=6), ctx)
+    run_one(make_job(steps=6), ctx)
     assert ctx.steps == [(n, 6) for n in range(1, 7)]
 
 
 def test_slow_sleeps_per_step() -> None:
     ctx = RecordingContext()
     started = time.monotonic()
-    run_one(make_job("test-slow", num_inference_steps=3, step_delay_s=0.05), ctx)
+    run_one(make_job("test-slow", steps=3, step_delay_s=0.05), ctx)
     assert time.monotonic() - started >= 0.15
     assert ctx.steps == [(1, 3), (2, 3), (3, 3)]
 

@@ -22,6 +22,7 @@ from sdserver.config import Settings
 from sdserver.database import create_db_engine
 from sdserver.engines.base import JobCancelled, JobFailed
 from sdserver.engines.model_loader import ModelLoaderEngine, kib
+from sdserver.job_params import ModelLoadParams
 from sdserver.jobs import Job, JobKind, JobStatus
 from tests.support.http_host import HttpHost, RecordedRequest, Reply, Slow, Stream
 
@@ -79,7 +80,8 @@ class Loader:
         return models_dir_for(self.settings.data_dir)
 
     def run(self, job: Job, steps: Steps | None = None) -> dict[str, Any]:
-        self.registry.begin_load(ModelKind(job.params["model_kind"]), job.model_id, source=job.params["source"])
+        params = job.params_as(ModelLoadParams)
+        self.registry.begin_load(ModelKind(params.model_kind), job.model_id, source=params.source)
         context = steps or Steps()
         [output] = self.engine.run([job], lambda _job: context)
         assert output.images == []
@@ -116,7 +118,7 @@ def load_job(model_id: str, kind: ModelKind, source_type: str, source: str, **pa
         owner_key_id=1,
         kind=JobKind.MODEL_LOAD,
         model_id=model_id,
-        params={"model_kind": kind.value, "source_type": source_type, "source": source, **params},
+        params=ModelLoadParams(kind.value, source_type, source, **params),
         output_keys=(),
         future_links=(),
         width=0,
@@ -324,7 +326,7 @@ def test_a_worker_stopped_mid_download_releases_the_job_and_the_next_worker_resu
     settings = loader.settings.model_copy(update={"job_lease_s": 3.0})
     jobs = JobStore(create_db_engine(settings.sql_url))
     objects = LocalObjectStore(settings.objects_dir, "http://127.0.0.1:1", b"s" * 32, 3600)
-    params = {"model_kind": "checkpoint", "source_type": SOURCE_URL, "source": url}
+    params = ModelLoadParams("checkpoint", SOURCE_URL, url)
     spec = JobSpec(1, JobKind.MODEL_LOAD, "resumed", params, output_keys=(), future_links=())
     job = jobs.submit(spec)
     loader.registry.begin_load(ModelKind.CHECKPOINT, "resumed", source=url)

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 
 from sdserver.config import S3Config
 from sdserver.database import create_db_engine
+from sdserver.job_params import FakeParams
 from sdserver.jobs import JobKind, JobSpec, JobStatus
 from sdserver.jobstore.control import Command, CommandWatcher, ControlStore
 from sdserver.jobstore.store import JobStore
@@ -43,7 +44,7 @@ def submit(jobs: JobStore, owner: int) -> int:
         owner_key_id=owner,
         kind=JobKind.TEXT2IMG,
         model_id="test-ok",
-        params={},
+        params=FakeParams(),
         output_keys=(),
         future_links=(),
         width=64,

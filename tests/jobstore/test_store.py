@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from sdserver.database import create_db_engine
 from sdserver.errors import LeaseLostError, NotFoundError
+from sdserver.job_params import FakeParams, GenerationParams, JobReply
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus, WebhookStatus, batch_signature
 from sdserver.jobstore.store import JobStore
 from sdserver.jobstore.tables import job_webhooks, jobs, workers
@@ -86,7 +87,7 @@ def make_spec(**overrides: Any) -> JobSpec:
         "owner_key_id": 1,
         "kind": JobKind.TEXT2IMG,
         "model_id": "model-a",
-        "params": {"prompt": "a lighthouse"},
+        "params": FakeParams(prompt="a lighthouse"),
         "output_keys": ("outputs/one.png",),
         "future_links": ("http://sd.test/files/outputs/one.png",),
         "width": 512,
@@ -108,9 +109,16 @@ def run_to_success(store: JobStore, job: Job, worker: str = "w-done", sps: float
 
 
 def test_submit_and_get_keep_every_field(store: JobStore, db: Db) -> None:
-    params = {"prompt": "ünïcode ☃", "seed": 7, "nested": {"list": [1, 2.5, None, True], "empty": {}}}
+    params = GenerationParams(prompt="ünïcode ☃", seed=7, loras=(("a", 0.5),), init_image_key="uploads/i.png")
+    reply = JobReply(
+        fetch_prefix="/api/v3",
+        meta={"prompt": "ünïcode ☃", "nested": {"list": [1, 2.5, None, True], "empty": {}}},
+        base64=True,
+        single_output=True,
+    )
     spec = make_spec(
         params=params,
+        reply=reply,
         output_keys=("k/3.png", "k/1.png", "k/2.png"),
         future_links=("http://x/3", "http://x/1", "http://x/2"),
         width=768,
@@ -122,7 +130,12 @@ def test_submit_and_get_keep_every_field(store: JobStore, db: Db) -> None:
     )
     job = store.submit(spec)
     assert job == store.get(job.id, owner_key_id=1)
-    assert (job.params, job.output_keys, job.future_links) == (params, spec.output_keys, spec.future_links)
+    assert (job.params, job.reply, job.output_keys, job.future_links) == (
+        params,
+        reply,
+        spec.output_keys,
+        spec.future_links,
+    )
     assert (job.width, job.height, job.steps, job.scheduler) == (768, 640, 25, spec.scheduler)
     assert (job.status, job.attempts, job.max_attempts) == (JobStatus.QUEUED, 0, 5)
     assert job.track_id == 42 and isinstance(job.track_id, int)

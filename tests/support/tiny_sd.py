@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 from PIL import Image
 
+from sdserver.catalog.schedulers import plan_scheduler
 from sdserver.engines.base import JobCancelled
 from sdserver.engines.diffusion.tiny import (
     _RESNET_TO_LDM,
@@ -35,10 +36,10 @@ from sdserver.engines.diffusion.tiny import (
     original_layout_state_dict,
     tiny_tokenizer,
 )
+from sdserver.job_params import GenerationParams, JobParams, generation_part
 from sdserver.jobs import Job, JobKind, JobStatus
 
 __all__ = [
-    "BASE_PARAMS",
     "LAYERS_PER_BLOCK",
     "SD15_SCHEDULER",
     "TINY_WORDS",
@@ -52,6 +53,7 @@ __all__ = [
     "_unet_prefixes",
     "_vae_entry",
     "build_tiny_pipeline",
+    "generation_params",
     "make_job",
     "make_tiny_model",
     "original_layout_state_dict",
@@ -63,43 +65,50 @@ __all__ = [
 
 # --- jobs and step contexts for engine tests ---------------------------------------------------------------------
 
-BASE_PARAMS: dict[str, Any] = {
-    "prompt": "a photo of a cat",
-    "negative_prompt": None,
-    "num_inference_steps": 2,
-    "guidance_scale": 7.5,
-    "seed": 1234,
-    "samples": 1,
-    "use_karras_sigmas": False,
-    "algorithm_type": None,
-    "clip_skip": None,
-}
+
+def generation_params(
+    *,
+    from_image: bool = False,
+    scheduler: str = "EulerDiscreteScheduler",
+    use_karras_sigmas: bool = False,
+    algorithm_type: str | None = None,
+    **fields: Any,
+) -> GenerationParams:
+    """Generation params as the API stores them (the scheduler planned from a name), for a tiny model: 2 steps, a
+    fixed seed, and token merging and the safety checker off unless a test turns them on."""
+    choice = plan_scheduler(scheduler, use_karras_sigmas, algorithm_type, from_image=from_image)
+    values: dict[str, Any] = {"prompt": "a photo of a cat", "steps": 2, "seed": 1234}
+    values.update(tomesd=False, safety_checker=False)
+    return GenerationParams(scheduler=choice, **(values | fields))
 
 
 def make_job(
     model_id: str,
     kind: JobKind = JobKind.TEXT2IMG,
+    params: JobParams | None = None,
     *,
-    scheduler: str = "EulerDiscreteScheduler",
     width: int = 64,
     height: int = 64,
     job_id: int = 1,
-    **params: Any,
+    **fields: Any,
 ) -> Job:
-    """A running job as the store would hand it to the engine (params already validated by the API)."""
-    merged = {**BASE_PARAMS, **params}
+    """A running job as the store would hand it to the engine: `params`, or generation params built from `fields`
+    (see `generation_params`)."""
+    if params is None:
+        params = generation_params(from_image=kind is not JobKind.TEXT2IMG, **fields)
+    generation = generation_part(params)
     return Job(
         id=job_id,
         owner_key_id=1,
         kind=kind,
         model_id=model_id,
-        params=merged,
-        output_keys=tuple(f"outputs/{job_id}/{index}.png" for index in range(int(merged["samples"]))),
+        params=params,
+        output_keys=tuple(f"outputs/{job_id}/{index}.png" for index in range(generation.samples)),
         future_links=(),
         width=width,
         height=height,
-        steps=int(merged["num_inference_steps"]),
-        scheduler=scheduler,
+        steps=generation.steps,
+        scheduler=generation.scheduler.class_name,
         status=JobStatus.RUNNING,
         attempts=1,
         max_attempts=3,

@@ -11,6 +11,7 @@ import pytest
 
 from sdserver.config import S3Config
 from sdserver.engines.fake import FakeEngine
+from sdserver.job_params import FakeParams
 from sdserver.jobs import JobKind, JobSpec, JobStatus
 from sdserver.jobstore.control import Command, CommandWatcher, ControlStore
 from sdserver.objects.base import make_object_key
@@ -85,7 +86,7 @@ def test_clear_cache_drops_loaded_models_and_the_worker_goes_on(harness: Harness
 def test_restart_lets_the_running_job_finish_then_exits_and_leaves_the_queue_alone(harness: Harness) -> None:
     worker = ControlledWorker(harness)
     try:
-        slow = harness.submit("test-slow", num_inference_steps=6, step_delay_s=0.1, seed=3)
+        slow = harness.submit("test-slow", steps=6, step_delay_s=0.1, seed=3)
         harness.wait_for(slow.id, lambda job: job.status is JobStatus.RUNNING)
         waiting = harness.submit("test-ok", seed=4)  # queued behind it
         worker.control.issue(Command.RESTART_WORKERS)
@@ -115,7 +116,7 @@ def test_supervised_workers_restart_as_fresh_processes_without_losing_a_job(harn
     supervisor = WorkerSupervisor(harness.settings, 1, log_level="warning", grace_s=5.0)
     supervisor.start()
     try:
-        slow = harness.submit("test-slow", num_inference_steps=10, step_delay_s=0.15, seed=6)
+        slow = harness.submit("test-slow", steps=10, step_delay_s=0.15, seed=6)
         harness.wait_for(slow.id, lambda job: job.status is JobStatus.RUNNING, timeout=30)
         [old_pid] = supervisor.pids()
         ControlStore(harness.db).issue(Command.RESTART_WORKERS)
@@ -167,7 +168,7 @@ def test_a_job_linked_into_a_store_the_worker_does_not_know_yet_makes_it_catch_u
         owner_key_id=1,
         kind=JobKind.TEXT2IMG,
         model_id="test-ok",
-        params={"prompt": "x", "num_inference_steps": 2},
+        params=FakeParams(prompt="x", steps=2),
         output_keys=(key,),
         future_links=(api_store.url_for(key),),
         width=64,

@@ -19,6 +19,7 @@ from sdserver.config import Settings
 from sdserver.database import create_db_engine
 from sdserver.engines.fake import FakeEngine, render_output
 from sdserver.errors import StorageError
+from sdserver.job_params import FakeParams
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus
 from sdserver.jobstore.store import JobStore
 from sdserver.objects.base import StoredObject, make_object_key
@@ -39,14 +40,13 @@ class Harness:
     store: JobStore
     objects: LocalObjectStore
 
-    def submit(self, model_id: str, *, samples: int = 1, size: int = 64, **params: Any) -> Job:
+    def submit(self, model_id: str, *, samples: int = 1, size: int = 64, steps: int = 4, **params: Any) -> Job:
         keys = tuple(make_object_key("outputs", "png", temp=False) for _ in range(samples))
-        steps = int(params.get("num_inference_steps", 4))
         spec = JobSpec(
             owner_key_id=OWNER,
             kind=JobKind.TEXT2IMG,
             model_id=model_id,
-            params={"prompt": "a lighthouse at dusk", "num_inference_steps": steps, **params},
+            params=FakeParams(prompt="a lighthouse at dusk", steps=steps, **params),
             output_keys=keys,
             future_links=tuple(self.objects.url_for(key) for key in keys),
             width=size,
@@ -149,7 +149,7 @@ class WorkerThread:
 
 def test_completes_jobs_with_the_engine_bytes_meta_and_full_progress(harness: Harness) -> None:
     single = harness.submit("test-ok", seed=11)
-    double = harness.submit("test-ok", samples=2, seed=12, num_inference_steps=6)
+    double = harness.submit("test-ok", samples=2, seed=12, steps=6)
     with WorkerThread(harness):
         jobs = [harness.wait_terminal(single.id), harness.wait_terminal(double.id)]
     for job in jobs:
@@ -196,7 +196,7 @@ def test_device_failure_fails_the_job_and_ends_the_worker_non_zero(harness: Harn
 
 
 def test_cancel_stops_a_running_job_at_its_next_step(harness: Harness) -> None:
-    job = harness.submit("test-slow", num_inference_steps=50, step_delay_s=0.05)
+    job = harness.submit("test-slow", steps=50, step_delay_s=0.05)
     with WorkerThread(harness):
         harness.wait_for(job.id, lambda job: job.status is JobStatus.RUNNING and job.progress_step >= 1)
         cancelled_at = time.monotonic()
@@ -224,7 +224,7 @@ def test_graceful_stop_releases_a_job_that_outlives_the_grace_period(harness: Ha
 
 
 def test_graceful_stop_finishes_a_job_that_ends_within_the_grace_period(harness: Harness) -> None:
-    job = harness.submit("test-slow", num_inference_steps=5, step_delay_s=0.1)
+    job = harness.submit("test-slow", steps=5, step_delay_s=0.1)
     worker = WorkerThread(harness, grace_s=10.0)
     with worker:
         harness.wait_for(job.id, lambda job: job.status is JobStatus.RUNNING)
@@ -234,7 +234,7 @@ def test_graceful_stop_finishes_a_job_that_ends_within_the_grace_period(harness:
 
 
 def test_a_lost_lease_stops_the_job_and_drops_its_result(harness: Harness) -> None:
-    job = harness.submit("test-slow", num_inference_steps=100, step_delay_s=0.05)
+    job = harness.submit("test-slow", steps=100, step_delay_s=0.05)
     # A store whose clock runs an hour ahead sees the lease as long expired and lets another worker take it.
     thief = JobStore(harness.db, clock=lambda: datetime.now(UTC) + timedelta(hours=1))
     try:
@@ -314,7 +314,7 @@ def test_a_briefly_unavailable_database_delays_work_but_never_crashes_the_loop(h
 def test_progress_writes_are_throttled(tmp_path: Path) -> None:
     harness = open_harness(make_settings(tmp_path / "data"))
     counting = FlakyJobStore(harness.store, {})
-    job = harness.submit("test-ok", num_inference_steps=200)
+    job = harness.submit("test-ok", steps=200)
     with WorkerThread(harness, jobs=counting):
         done = harness.wait_terminal(job.id)
     assert done.progress_step == done.progress_total == 200

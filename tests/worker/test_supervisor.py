@@ -69,7 +69,7 @@ def test_relative_paths_are_passed_on_absolute(tmp_path: Path, monkeypatch: pyte
 
 
 def test_a_sigkilled_workers_job_is_finished_by_another_after_its_lease(harness: Harness) -> None:
-    job = harness.submit("test-slow", num_inference_steps=8, step_delay_s=0.1, seed=5)
+    job = harness.submit("test-slow", steps=8, step_delay_s=0.1, seed=5)
     proc = subprocess.Popen(
         [sys.executable, "-m", "sdserver.worker.main", "--grace-s=0", "--log-level=warning"],
         env=child_env(harness.settings),

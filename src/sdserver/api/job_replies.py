@@ -19,13 +19,13 @@ _RESULT_FIELDS = frozenset({"nsfw_content_detected"})
 
 def fetch_url_for(base_url: str, job: Job) -> str:
     """The absolute fetch link clients poll, under the prefix family the job was submitted on."""
-    prefix = job.params.get("fetch_prefix") or DEFAULT_FETCH_PREFIX
+    prefix = job.reply.fetch_prefix or DEFAULT_FETCH_PREFIX
     return f"{base_url}{prefix}/fetch/{job.id}"
 
 
 def job_meta(job: Job) -> dict[str, Any]:
     """The request parameters as the job ran them, plus what the engine reported, and the id as a string."""
-    meta: dict[str, Any] = dict(job.params.get("meta", {}))
+    meta: dict[str, Any] = dict(job.reply.meta)
     # The engine's report (seed used, scheduler applied, precision) wins over what was asked for.
     meta.update({key: value for key, value in job.result.items() if key not in _RESULT_FIELDS})
     meta["id"] = str(job.id)
@@ -33,7 +33,7 @@ def job_meta(job: Job) -> dict[str, Any]:
 
 
 def success_body(job: Job, read_object: Callable[[str], bytes]) -> dict[str, Any]:
-    if job.params.get("base64"):
+    if job.reply.base64:
         output: list[str] = [base64.b64encode(read_object(key)).decode() for key in job.output_keys]
     else:
         output = list(job.future_links)
@@ -43,7 +43,7 @@ def success_body(job: Job, read_object: Callable[[str], bytes]) -> dict[str, Any
         "generationTime": round(generation_time, 3) if generation_time is not None else 0.0,
         "id": job.id,
         # Super resolution on the enterprise and v3 paths answers one URL as a string, not a list.
-        "output": output[0] if job.params.get("single_output") and output else output,
+        "output": output[0] if job.reply.single_output and output else output,
         "future_links": list(job.future_links),
         "nsfw_content_detected": bool(job.result.get("nsfw_content_detected", False)),
         "webhook_status": job.webhook_status.value,

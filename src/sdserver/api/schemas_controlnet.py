@@ -4,24 +4,25 @@ rules every generation endpoint shares)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from pydantic import AliasChoices, Field
 
 from sdserver.api.fields import Flag, LenientFloat, OptionalText
-from sdserver.api.schemas_generation import CommaList, GenerationParams, Text2ImgRequest, resolve_generation
+from sdserver.api.schemas_generation import CommaList, ResolvedGeneration, Text2ImgRequest, resolve_generation
 from sdserver.catalog.hints import HINT_TYPES, MAX_CONTROLNETS
-from sdserver.catalog.schedulers import SchedulerError, plan_scheduler
 from sdserver.errors import ValidationError
+from sdserver.job_params import (
+    DEFAULT_CONDITIONING_SCALE,
+    DEFAULT_STRENGTH,
+    ControlNetMode,
+    ControlNetParams,
+    ControlNetUnit,
+    GenerationParams,
+)
 
-DEFAULT_STRENGTH: Final = 0.7
-DEFAULT_CONDITIONING_SCALE: Final = 1.0
 MAX_CONDITIONING_SCALE: Final = 5.0
-# What the job does with its images (see `controlnet_mode`): the engine derives the same from the stored keys.
-TEXT2IMG_MODE: Final = "text2img"
-IMG2IMG_MODE: Final = "img2img"
-INPAINT_MODE: Final = "inpaint"
 
 
 class ControlNetRequest(Text2ImgRequest):
@@ -58,10 +59,10 @@ class ControlNetRequest(Text2ImgRequest):
 
 
 @dataclass(frozen=True)
-class ControlNetParams:
+class ResolvedControlNet:
     """The validated ControlNet part of a request: one type and one scale per ControlNet."""
 
-    mode: str
+    mode: ControlNetMode
     models: list[str]
     types: list[str | None]
     scales: list[float]
@@ -69,21 +70,28 @@ class ControlNetParams:
     guess_mode: bool
     strength: float | None
 
-    def job_params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {
-            "controlnet_model": self.models,
-            "controlnet_type": self.types,
-            "controlnet_conditioning_scale": self.scales,
-            "auto_hint": self.auto_hint,
-            "guess_mode": self.guess_mode,
-        }
-        if self.strength is not None:
-            params["strength"] = self.strength
-        return params
+    def job_params(self, generation: GenerationParams, image_keys: dict[str, str]) -> ControlNetParams:
+        """The job's params, given the stored images by request field (init_image, control_image, mask_image); the
+        control picture is the init image when the request sent no control_image."""
+        from_image = self.mode is not ControlNetMode.TEXT2IMG
+        generation = replace(
+            generation,
+            strength=generation.strength if self.strength is None else self.strength,
+            init_image_key=image_keys.get("init_image") if from_image else None,
+            mask_image_key=image_keys.get("mask_image"),
+        )
+        return ControlNetParams(
+            generation=generation,
+            units=tuple(ControlNetUnit(*unit) for unit in zip(self.models, self.types, self.scales, strict=True)),
+            control_image_key=image_keys.get("control_image") or image_keys["init_image"],
+            mode=self.mode,
+            guess_mode=self.guess_mode,
+            auto_hint=self.auto_hint,
+        )
 
     def meta(self) -> dict[str, Any]:
         return {
-            "controlnet_mode": self.mode,
+            "controlnet_mode": self.mode.value,
             "controlnet_model": ",".join(self.models),
             "controlnet_type": ",".join(kind or "" for kind in self.types),
             "controlnet_conditioning_scale": self.scales[0] if len(self.scales) == 1 else self.scales,
@@ -100,8 +108,9 @@ def resolve_controlnet(
     model_id: str,
     controlnet_exists: Callable[[str], bool],
     enhance_suffix: str = "",
-) -> tuple[GenerationParams, ControlNetParams]:
-    """The generation rules, then the ControlNet ones; every broken rule names its field and value."""
+) -> tuple[ResolvedGeneration, ResolvedControlNet]:
+    """The generation rules (the scheduler planned for the mode), then the ControlNet ones; every broken rule names
+    its field and value."""
     guess_mode = bool(request.guess_mode)
     if request.prompt is None:
         if not guess_mode:
@@ -110,40 +119,34 @@ def resolve_controlnet(
         # Nothing to enhance: the enhancer text alone would become the whole prompt.
         enhance_suffix = ""
     mode = _mode(request)
-    resolved = resolve_generation(request, model_id=model_id, enhance_suffix=enhance_suffix)
-    if mode != TEXT2IMG_MODE:
-        _check_scheduler_from_image(resolved)
+    from_image = mode is not ControlNetMode.TEXT2IMG
+    resolved = resolve_generation(request, model_id=model_id, enhance_suffix=enhance_suffix, from_image=from_image)
     models = _models(request.controlnet_model, controlnet_exists)
     auto_hint = bool(request.auto_hint)
-    control = ControlNetParams(
+    control = ResolvedControlNet(
         mode=mode,
         models=models,
         types=_types(request.controlnet_type, models, auto_hint=auto_hint),
         scales=_scales(request.controlnet_conditioning_scale, len(models)),
         auto_hint=auto_hint,
         guess_mode=guess_mode,
-        strength=None if mode == TEXT2IMG_MODE else _strength(request.strength),
+        strength=_strength(request.strength) if from_image else None,
     )
     return resolved, control
 
 
-def _mode(request: ControlNetRequest) -> str:
+def _mode(request: ControlNetRequest) -> ControlNetMode:
+    """inpaint with a mask; img2img when both a start image and a separate control image are given; otherwise
+    text2img, with the control image (or the init image) only steering the ControlNet."""
     if request.init_image is None and request.control_image is None:
         raise ValidationError.for_field("init_image", "is required (or give a control_image)", None)
     if request.mask_image is not None:
         if request.init_image is None:
             raise ValidationError.for_field("init_image", "is required with a mask_image", None)
-        return INPAINT_MODE
-    return IMG2IMG_MODE if request.init_image is not None and request.control_image is not None else TEXT2IMG_MODE
-
-
-def _check_scheduler_from_image(resolved: GenerationParams) -> None:
-    try:
-        plan_scheduler(resolved.scheduler, resolved.use_karras_sigmas, resolved.algorithm_type, from_image=True)
-    except SchedulerError as exc:
-        raise ValidationError(
-            f"scheduler: {exc.message}", field_errors={"scheduler": [f"{exc.message}, got {resolved.scheduler!r}"]}
-        ) from None
+        return ControlNetMode.INPAINT
+    if request.init_image is not None and request.control_image is not None:
+        return ControlNetMode.IMG2IMG
+    return ControlNetMode.TEXT2IMG
 
 
 def _models(value: tuple[str, ...] | None, exists: Callable[[str], bool]) -> list[str]:

@@ -15,19 +15,30 @@ from pydantic_core import PydanticCustomError
 from sdserver.api.fields import Flag, LenientFloat, LenientInt, OptionalText, RequiredText, is_absent
 from sdserver.api.schemas import LenientRequest
 from sdserver.catalog.ids import is_valid_model_id
-from sdserver.catalog.schedulers import SchedulerChoice, SchedulerError, plan_scheduler
+from sdserver.catalog.schedulers import SchedulerError, plan_scheduler
 from sdserver.errors import ValidationError
+from sdserver.job_params import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_KARRAS_SIGMAS,
+    DEFAULT_SAFETY_CHECKER,
+    DEFAULT_SAMPLES,
+    DEFAULT_SCHEDULER_NAME,
+    DEFAULT_STEPS,
+    DEFAULT_STRENGTH,
+    DEFAULT_TOMESD,
+    SAFETY_CHECKER_TYPES,
+    GenerationParams,
+    SchedulerChoice,
+)
 
 MAX_SIDE = 1024
 MIN_SIDE = 64
 MAX_SAMPLES = 4
 MAX_STEPS = 50
 SEED_LIMIT = 2**32
-DEFAULT_SCHEDULER = "UniPCMultistepScheduler"
 MAX_LORAS = 5
 MAX_EMBEDDINGS = 8
 LORA_STRENGTH_RANGE = (-4.0, 4.0)
-SAFETY_CHECKER_TYPES: Final = ("sensitive_content_text", "blur", "pixelate", "black")
 # Vendor flags this server accepts so clients keep working, but does not implement; `meta.unsupported` says so.
 UNSUPPORTED_FLAGS: Final = {
     "upscale": "not supported on generation endpoints; call super_resolution on the output",
@@ -135,30 +146,17 @@ class InpaintRequest(Img2ImgRequest):
 
 
 @dataclass(frozen=True)
-class GenerationParams:
-    """Validated, defaulted parameters: what the worker runs and what `meta` echoes."""
+class ResolvedGeneration:
+    """A validated, defaulted generation request: the params the worker runs (the route adds the input image keys),
+    the job's model and size, and what only the replies echo."""
 
-    prompt: str
-    negative_prompt: str
+    params: GenerationParams
     model_id: str
     width: int
     height: int
-    samples: int
-    steps: int
-    guidance_scale: float
-    seed: int
-    scheduler: str
-    use_karras_sigmas: bool
-    algorithm_type: str | None
-    clip_skip: int | None
-    strength: float | None
-    loras: tuple[tuple[str, float], ...]
-    vae: str | None
-    embeddings: tuple[str, ...]
-    tomesd: bool
+    # img2img or inpaint: `strength` applies.
+    from_image: bool
     enhance_prompt: bool
-    safety_checker: bool
-    safety_checker_type: str
     unsupported: dict[str, str]
     webhook: str | None
     track_id: str | int | None
@@ -166,55 +164,30 @@ class GenerationParams:
     base64: bool
     temp: bool
 
-    def job_params(self) -> dict[str, Any]:
-        """What the worker needs to run the job (every generation kind, ControlNet too); callers add the input
-        image keys, `fetch_prefix` and `meta`."""
-        params: dict[str, Any] = {
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "num_inference_steps": self.steps,
-            "guidance_scale": self.guidance_scale,
-            "seed": self.seed,
-            "samples": self.samples,
-            "use_karras_sigmas": self.use_karras_sigmas,
-            "algorithm_type": self.algorithm_type,
-            "clip_skip": self.clip_skip,
-            "lora_models": [lora for lora, _ in self.loras],
-            "lora_strengths": [strength for _, strength in self.loras],
-            "vae": self.vae,
-            "embeddings": list(self.embeddings),
-            "tomesd": self.tomesd,
-            "safety_checker": self.safety_checker,
-            "safety_checker_type": self.safety_checker_type,
-            "base64": self.base64,
-        }
-        if self.strength is not None:
-            params["strength"] = self.strength
-        return params
-
     def meta(self) -> dict[str, Any]:
+        params, scheduler = self.params, self.params.scheduler
         return {
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
+            "prompt": params.prompt,
+            "negative_prompt": params.negative_prompt,
             "model_id": self.model_id,
-            "scheduler": self.scheduler,
+            "scheduler": scheduler.class_name,
             "W": self.width,
             "H": self.height,
-            "guidance_scale": self.guidance_scale,
-            "steps": self.steps,
-            "n_samples": self.samples,
-            "seed": self.seed,
-            "use_karras_sigmas": "yes" if self.use_karras_sigmas else "no",
-            "algorithm_type": self.algorithm_type,
-            "clip_skip": self.clip_skip,
-            "strength": self.strength,
-            "safetychecker": "yes" if self.safety_checker else "no",
-            "safety_checker_type": self.safety_checker_type,
-            "lora": ",".join(lora for lora, _ in self.loras) or None,
-            "lora_strength": ",".join(f"{strength:g}" for _, strength in self.loras) or None,
-            "vae": self.vae,
-            "embeddings": ",".join(self.embeddings) or None,
-            "tomesd": "yes" if self.tomesd else "no",
+            "guidance_scale": params.guidance_scale,
+            "steps": params.steps,
+            "n_samples": params.samples,
+            "seed": params.seed,
+            "use_karras_sigmas": "yes" if scheduler.use_karras_sigmas else "no",
+            "algorithm_type": scheduler.algorithm_type,
+            "clip_skip": params.clip_skip,
+            "strength": params.strength if self.from_image else None,
+            "safetychecker": "yes" if params.safety_checker else "no",
+            "safety_checker_type": params.safety_checker_type,
+            "lora": ",".join(lora for lora, _ in params.loras) or None,
+            "lora_strength": ",".join(f"{strength:g}" for _, strength in params.loras) or None,
+            "vae": params.vae,
+            "embeddings": ",".join(params.embeddings) or None,
+            "tomesd": "yes" if params.tomesd else "no",
             "enhance_prompt": "yes" if self.enhance_prompt else "no",
             "upscale": "no",
             **({"unsupported": dict(self.unsupported)} if self.unsupported else {}),
@@ -223,39 +196,47 @@ class GenerationParams:
         }
 
 
-def resolve_generation(request: Text2ImgRequest, *, model_id: str, enhance_suffix: str = "") -> GenerationParams:
-    """Defaults, ranges and caps for every generation kind; the scheduler is checked against the table. Add-on
-    ids are checked for form here; whether they are on disk is checked by the route (api/addons.py)."""
-    from_image = isinstance(request, Img2ImgRequest)
+def resolve_generation(
+    request: Text2ImgRequest, *, model_id: str, enhance_suffix: str = "", from_image: bool | None = None
+) -> ResolvedGeneration:
+    """Defaults, ranges and caps for every generation kind; the scheduler is planned here, once (`from_image`:
+    whether the job starts from an image; by default, whether the request is img2img or inpaint). Add-on ids are
+    checked for form here; whether they are on disk is checked by the route (api/addons.py)."""
+    from_image = isinstance(request, Img2ImgRequest) if from_image is None else from_image
     scheduler = _scheduler(request, from_image=from_image)
     enhance = request.enhance_prompt is not False
-    return GenerationParams(
+    # Checked in this order: the first broken rule is the one reported.
+    width, height = _side("width", request.width), _side("height", request.height)
+    samples = _in_range("samples", request.samples, DEFAULT_SAMPLES, 1, MAX_SAMPLES)
+    params = GenerationParams(
         prompt=_enhanced(request.prompt, enhance_suffix) if enhance else request.prompt,
         negative_prompt=request.negative_prompt or "",
-        model_id=model_id,
-        width=_side("width", request.width),
-        height=_side("height", request.height),
-        samples=_in_range("samples", request.samples, 1, 1, MAX_SAMPLES),
         # Above the maximum is capped, not refused; meta.steps shows the value used.
-        steps=min(_in_range("num_inference_steps", request.num_inference_steps, 20, 1, None), MAX_STEPS),
-        guidance_scale=_float_in_range("guidance_scale", request.guidance_scale, 7.5, 1.0, 20.0),
+        steps=min(_in_range("num_inference_steps", request.num_inference_steps, DEFAULT_STEPS, 1, None), MAX_STEPS),
+        guidance_scale=_float_in_range("guidance_scale", request.guidance_scale, DEFAULT_GUIDANCE_SCALE, 1.0, 20.0),
         seed=_seed(request.seed),
-        scheduler=scheduler.class_name,
-        use_karras_sigmas=scheduler.use_karras_sigmas,
-        algorithm_type=scheduler.algorithm_type,
+        samples=samples,
+        scheduler=scheduler,
         clip_skip=_in_range("clip_skip", request.clip_skip, 1, 1, 8) if request.clip_skip is not None else None,
         strength=(
-            _float_in_range("strength", request.strength, 0.7, 0.0, 1.0)
+            _float_in_range("strength", request.strength, DEFAULT_STRENGTH, 0.0, 1.0)
             if isinstance(request, Img2ImgRequest)
-            else None
+            else DEFAULT_STRENGTH
         ),
         loras=_loras(request.lora_model, request.lora_strength),
         vae=_addon_ids("vae", (request.vae,) if request.vae else None, 1)[0] if request.vae else None,
         embeddings=_addon_ids("embeddings_model", request.embeddings_model, MAX_EMBEDDINGS),
-        tomesd=request.tomesd is not False,
-        enhance_prompt=enhance,
-        safety_checker=request.safety_checker is not False,
+        tomesd=DEFAULT_TOMESD if request.tomesd is None else request.tomesd,
+        safety_checker=DEFAULT_SAFETY_CHECKER if request.safety_checker is None else request.safety_checker,
         safety_checker_type=_safety_type(request.safety_checker_type),
+    )
+    return ResolvedGeneration(
+        params=params,
+        model_id=model_id,
+        width=width,
+        height=height,
+        from_image=from_image,
+        enhance_prompt=enhance,
         unsupported={name: why for name, why in UNSUPPORTED_FLAGS.items() if getattr(request, name)},
         webhook=check_webhook(request.webhook),
         track_id=request.track_id,
@@ -364,8 +345,8 @@ def check_webhook(value: str | None) -> str | None:
 
 
 def _scheduler(request: Text2ImgRequest, *, from_image: bool) -> SchedulerChoice:
-    name = request.scheduler or DEFAULT_SCHEDULER
-    karras = True if request.use_karras_sigmas is None else request.use_karras_sigmas
+    name = request.scheduler or DEFAULT_SCHEDULER_NAME
+    karras = DEFAULT_KARRAS_SIGMAS if request.use_karras_sigmas is None else request.use_karras_sigmas
     try:
         return plan_scheduler(name, karras, request.algorithm_type, from_image=from_image)
     except SchedulerError as exc:

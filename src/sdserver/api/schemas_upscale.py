@@ -1,4 +1,4 @@
-"""Request schema of super resolution and the rules that turn it into job params."""
+"""Request schema of super resolution and the rules that turn it into a validated request."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from sdserver.api.fields import Flag, LenientFloat, OptionalText
 from sdserver.api.schemas_generation import JobRequest, check_webhook
 from sdserver.catalog.ids import resolve_upscaler_id
 from sdserver.errors import ValidationError
+from sdserver.job_params import DEFAULT_UPSCALE_SCALE
 
 MIN_SCALE = 1.0
 MAX_SCALE = 4.0
-DEFAULT_SCALE = 4.0
 
 
 class SuperResolutionRequest(JobRequest):
@@ -25,7 +25,7 @@ class SuperResolutionRequest(JobRequest):
 
 
 @dataclass(frozen=True)
-class UpscaleParams:
+class ResolvedSuperResolution:
     image: str
     image_field: str
     scale: float
@@ -38,14 +38,14 @@ class UpscaleParams:
     temp: bool
 
 
-def resolve_super_resolution(request: SuperResolutionRequest) -> UpscaleParams:
+def resolve_super_resolution(request: SuperResolutionRequest) -> ResolvedSuperResolution:
     image, field = (request.url, "url") if request.url else (request.init_image, "init_image")
     if not image:
         raise ValidationError.for_field("url", "is required (or init_image)", None)
-    scale = DEFAULT_SCALE if request.scale is None else request.scale
+    scale = DEFAULT_UPSCALE_SCALE if request.scale is None else request.scale
     if not MIN_SCALE <= scale <= MAX_SCALE:
         raise ValidationError.for_field("scale", f"must be between {MIN_SCALE:g} and {MAX_SCALE:g}", request.scale)
-    return UpscaleParams(
+    return ResolvedSuperResolution(
         image=image,
         image_field=field,
         scale=scale,

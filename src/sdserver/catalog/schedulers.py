@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 
 from sdserver.errors import JobErrorCode
+from sdserver.job_params import SchedulerChoice
 
 # The 18 diffusers class names of the contract, in its order.
 SCHEDULER_NAMES: Final = (
@@ -98,15 +98,6 @@ class SchedulerError(ValueError):
         self.code = code
         self.message = message
         super().__init__(message)
-
-
-@dataclass(frozen=True)
-class SchedulerChoice:
-    """What will actually run: the class and the flags that apply to it (what `meta` reports)."""
-
-    class_name: str
-    use_karras_sigmas: bool
-    algorithm_type: str | None
 
 
 def canonical_scheduler(name: str) -> tuple[str, bool | None, str | None] | None:

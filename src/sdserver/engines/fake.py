@@ -13,6 +13,14 @@ from typing import Any, Final
 from PIL import Image, ImageDraw
 
 from sdserver.engines.base import DeviceFailure, DeviceOutOfMemory, EngineOutput, StepContext
+from sdserver.job_params import (
+    FAKE_DEFAULT_STEP_DELAY_S,
+    FAKE_DEFAULT_STEPS,
+    ControlNetParams,
+    FakeParams,
+    GenerationParams,
+    dump_params,
+)
 from sdserver.jobs import Job, JobKind
 
 OK: Final = "test-ok"
@@ -25,9 +33,7 @@ TEST_MODELS: Final = frozenset({OK, SLOW, RAISE, OOM, HANG, CRASH})
 
 # Every kind that makes images; model loads belong to the real loader engine, even for a `test-` id.
 IMAGE_KINDS: Final = frozenset(JobKind) - {JobKind.MODEL_LOAD}
-DEFAULT_STEPS: Final = 4
 DEFAULT_SIZE: Final = 64
-DEFAULT_STEP_DELAY_S: Final = 0.2
 # How often test-hang looks for a cancel: often enough that a stop is seen at once.
 HANG_TICK_S: Final = 0.05
 
@@ -74,7 +80,7 @@ class FakeEngine:
             raise DeviceFailure("test-crash: simulated unrecoverable device error")
         if model_id == HANG:
             _hang(jobs, ctx, total)
-        delay = float(jobs[0].params.get("step_delay_s", DEFAULT_STEP_DELAY_S)) if model_id == SLOW else 0.0
+        delay = _step_delay_s(jobs[0]) if model_id == SLOW else 0.0
         for done in range(1, total + 1):
             if delay:
                 time.sleep(delay)
@@ -94,23 +100,35 @@ def _hang(jobs: Sequence[Job], ctx: Callable[[Job], StepContext], total: int) ->
 
 
 def job_steps(job: Job) -> int:
-    return int(job.params.get("num_inference_steps") or job.steps or DEFAULT_STEPS)
+    params = _stepped(job)
+    return (params.steps if params is not None else 0) or job.steps or FAKE_DEFAULT_STEPS
 
 
 def job_seed(job: Job) -> int:
     """The seed asked for, else one derived from the job id (so a re-run of the job makes the same images)."""
-    seed = job.params.get("seed")
-    if seed is not None and int(seed) >= 0:
-        return int(seed)
+    params = _stepped(job)
+    if params is not None and params.seed is not None and params.seed >= 0:
+        return params.seed
     return int.from_bytes(hashlib.sha256(f"job-seed:{job.id}".encode()).digest()[:4], "big")
+
+
+def _stepped(job: Job) -> GenerationParams | FakeParams | None:
+    """The params that carry steps and a seed (super resolution has neither)."""
+    params = job.params
+    if isinstance(params, ControlNetParams):
+        return params.generation
+    return params if isinstance(params, GenerationParams | FakeParams) else None
+
+
+def _step_delay_s(job: Job) -> float:
+    return job.params.step_delay_s if isinstance(job.params, FakeParams) else FAKE_DEFAULT_STEP_DELAY_S
 
 
 def render_output(job: Job) -> EngineOutput:
     """What `test-ok` returns for a job: the same bytes every time for the same job."""
     seed = job_seed(job)
     width, height = job.width or DEFAULT_SIZE, job.height or DEFAULT_SIZE
-    # `meta` is the reply's echo (it names this job's own output files), not an input of the picture.
-    inputs = {name: value for name, value in job.params.items() if name not in ("meta", "fetch_prefix")}
+    inputs = dump_params(job.params)
     images = [render_png(inputs, seed, index, width, height) for index in range(len(job.output_keys))]
     return EngineOutput(images=images, meta={"seed": seed, "engine": FakeEngine.name})
 

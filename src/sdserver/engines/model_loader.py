@@ -7,7 +7,7 @@ import shutil
 import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from sdserver.catalog.downloads import download_to_part
 from sdserver.catalog.files import (
@@ -28,6 +28,7 @@ from sdserver.catalog.registry import ModelKind, ModelRegistry
 from sdserver.config import Settings
 from sdserver.engines.base import EngineOutput, JobFailed, StepContext
 from sdserver.errors import FetchError, JobErrorCode
+from sdserver.job_params import ModelLoadParams
 from sdserver.jobs import Job, JobKind
 from sdserver.netguard import FetchPolicy
 
@@ -96,8 +97,8 @@ class ModelLoaderEngine:
 
     def _load(self, job: Job, ctx: StepContext) -> EngineOutput:
         registry = self._registry_now()
-        params: dict[str, Any] = job.params
-        kind, model_id = ModelKind(params["model_kind"]), job.model_id
+        params = job.params_as(ModelLoadParams)
+        kind, model_id = ModelKind(params.model_kind), job.model_id
         report = _Reporter(registry, kind, model_id, ctx)
         try:
             installed = self._fetch_and_install(kind, model_id, params, report)
@@ -114,14 +115,14 @@ class ModelLoaderEngine:
         log.info("model %s (%s) loaded: %s, %d bytes", model_id, kind.value, installed, size)
         return EngineOutput(images=[], meta={"model_id": model_id, "model_type": kind.value, "format": fmt})
 
-    def _fetch_and_install(self, kind: ModelKind, model_id: str, params: dict[str, Any], report: _Reporter) -> Path:
-        source_type, source = str(params["source_type"]), str(params["source"])
+    def _fetch_and_install(self, kind: ModelKind, model_id: str, params: ModelLoadParams, report: _Reporter) -> Path:
+        source_type, source = params.source_type, params.source
         if source_type == SOURCE_URL:
             part = part_path(self._models_dir, kind, model_id, source)
             download_to_part(source, part, self._policy, report)
             installed = install_file(self._models_dir, kind, model_id, part)
         elif source_type == SOURCE_HUB:
-            staged = self._hub_snapshot(kind, model_id, source, params.get("revision"), report)
+            staged = self._hub_snapshot(kind, model_id, source, params.revision, report)
             installed = install_folder(self._models_dir, kind, model_id, staged)
         elif source_type == SOURCE_LOCAL:
             installed = self._import_local(kind, model_id, source, report)
@@ -148,7 +149,9 @@ class ModelLoaderEngine:
         _copy_with_progress(path, staged, size, report)
         return install_file(self._models_dir, kind, model_id, staged)
 
-    def _hub_snapshot(self, kind: ModelKind, model_id: str, repo_id: str, revision: object, report: _Reporter) -> Path:
+    def _hub_snapshot(
+        self, kind: ModelKind, model_id: str, repo_id: str, revision: str | None, report: _Reporter
+    ) -> Path:
         # huggingface_hub talks only to the configured hub endpoint, never to a client-given host.
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError
@@ -159,7 +162,7 @@ class ModelLoaderEngine:
         try:
             snapshot_download(
                 repo_id=repo_id,
-                revision=str(revision) if revision else None,
+                revision=revision or None,
                 local_dir=staged,
                 ignore_patterns=_HUB_IGNORE,
             )

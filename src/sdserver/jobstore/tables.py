@@ -9,7 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from sdserver.database import metadata
+from sdserver.job_params import JobParams, JobReply, dump_job_params, load_job_params
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus, WebhookStatus
+from sdserver.jobstore.legacy_params import load_legacy_params
 
 jobs = sa.Table(
     "jobs",
@@ -19,6 +21,7 @@ jobs = sa.Table(
     sa.Column("owner_key_id", sa.Integer, nullable=False),
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("model_id", sa.String(300), nullable=False),
+    # JSON: the typed job params and the reply echo, with their version (job_params.dump_job_params).
     sa.Column("params", sa.Text, nullable=False),
     sa.Column("output_keys", sa.Text, nullable=False),
     sa.Column("future_links", sa.Text, nullable=False),
@@ -125,7 +128,7 @@ def row_for_spec(spec: JobSpec, now: datetime) -> dict[str, Any]:
         "owner_key_id": spec.owner_key_id,
         "kind": spec.kind.value,
         "model_id": spec.model_id,
-        "params": dump_json(spec.params),
+        "params": dump_json(dump_job_params(spec.params, spec.reply)),
         "output_keys": dump_json(list(spec.output_keys)),
         "future_links": dump_json(list(spec.future_links)),
         "width": spec.width,
@@ -147,13 +150,22 @@ def row_for_spec(spec: JobSpec, now: datetime) -> dict[str, Any]:
     }
 
 
+def _params_from_row(row: sa.Row[Any]) -> tuple[JobParams, JobReply]:
+    data = json.loads(row.params)
+    if "version" not in data:
+        # Written before params had a version (and a type): read as they were, never rewritten.
+        return load_legacy_params(JobKind(row.kind), row.scheduler, data)
+    return load_job_params(data)
+
+
 def job_from_row(row: sa.Row[Any]) -> Job:
+    params, reply = _params_from_row(row)
     return Job(
         id=row.id,
         owner_key_id=row.owner_key_id,
         kind=JobKind(row.kind),
         model_id=row.model_id,
-        params=json.loads(row.params),
+        params=params,
         output_keys=load_strings(row.output_keys),
         future_links=load_strings(row.future_links),
         width=row.width,
@@ -177,6 +189,7 @@ def job_from_row(row: sa.Row[Any]) -> Job:
         lease_expires_at=from_db_time(row.lease_expires_at),
         started_at=from_db_time(row.started_at),
         finished_at=from_db_time(row.finished_at),
+        reply=reply,
     )
 
 

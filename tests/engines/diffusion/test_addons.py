@@ -73,19 +73,19 @@ def _differs(first: bytes, second: bytes) -> float:
 
 def test_lora_changes_output_by_strength_and_leaves_the_model_clean(world: World) -> None:
     plain = world.image()
-    full = world.image(lora_models=["detail-lora"], lora_strengths=[1.0])
-    half = world.image(lora_models=["detail-lora"], lora_strengths=[0.5])
+    full = world.image(loras=(("detail-lora", 1.0),))
+    half = world.image(loras=(("detail-lora", 0.5),))
     assert _differs(plain, full) > 1
     assert _differs(full, half) > 0.5
     assert world.image() == plain, "the adapter is off for the next job"
-    assert world.image(lora_models=["detail-lora"], lora_strengths=[1.0]) == full, "the cached adapter is reused"
+    assert world.image(loras=(("detail-lora", 1.0),)) == full, "the cached adapter is reused"
 
 
 def test_two_loras_stack(world: World) -> None:
-    one = world.image(lora_models=["detail-lora"], lora_strengths=[1.0])
-    both = world.image(lora_models=["detail-lora", "style.lora"], lora_strengths=[1.0, 1.0])
+    one = world.image(loras=(("detail-lora", 1.0),))
+    both = world.image(loras=(("detail-lora", 1.0), ("style.lora", 1.0)))
     assert _differs(one, both) > 0.5
-    assert world.output(lora_models=["style.lora"]).meta["tomesd"] == "no"
+    assert world.output(loras=(("style.lora", 1.0),)).meta["tomesd"] == "no"
 
 
 def test_a_lora_replaced_on_disk_is_read_again(world: World) -> None:
@@ -120,7 +120,7 @@ def test_embedding_token_changes_output_and_is_unloaded(world: World, embedding:
     tokenizer = world.engine._model(MODEL).pipelines[JobKind.TEXT2IMG].tokenizer
     size = len(tokenizer)
     plain = world.image(prompt=prompt, clip_skip=clip_skip)
-    styled = world.image(prompt=prompt, clip_skip=clip_skip, embeddings=[embedding])
+    styled = world.image(prompt=prompt, clip_skip=clip_skip, embeddings=(embedding,))
     assert _differs(plain, styled) > 0.5
     assert len(tokenizer) == size
     assert world.image(prompt=prompt, clip_skip=clip_skip) == plain
@@ -142,9 +142,9 @@ def test_tomesd_merges_tokens_deterministically_and_unpatches(world: World, monk
 @pytest.mark.parametrize(
     ("params", "field"),
     [
-        ({"lora_models": ["missing"]}, "lora_model"),
+        ({"loras": (("missing", 1.0),)}, "lora_model"),
         ({"vae": "missing"}, "vae"),
-        ({"embeddings": ["missing"]}, "embeddings_model"),
+        ({"embeddings": ("missing",)}, "embeddings_model"),
     ],
     ids=["lora", "vae", "embedding"],
 )
@@ -168,8 +168,7 @@ def test_png_carries_a1111_parameters(world: World) -> None:
         samples=2,
         seed=40,
         clip_skip=2,
-        lora_models=["detail-lora"],
-        lora_strengths=[0.5],
+        loras=(("detail-lora", 0.5),),
         init_image_key=world.init_key,
         strength=0.8,
     )
@@ -211,9 +210,9 @@ def test_tomesd_that_cannot_patch_is_reported_not_faked(world: World, monkeypatc
 @pytest.mark.parametrize(
     ("folder", "name", "params", "field"),
     [
-        ("lora", "broken.safetensors", {"lora_models": ["broken"]}, "lora_model"),
+        ("lora", "broken.safetensors", {"loras": (("broken", 1.0),)}, "lora_model"),
         ("vae", "broken.safetensors", {"vae": "broken"}, "vae"),
-        ("embeddings", "broken.safetensors", {"embeddings": ["broken"]}, "embeddings_model"),
+        ("embeddings", "broken.safetensors", {"embeddings": ("broken",)}, "embeddings_model"),
     ],
     ids=["lora", "vae", "embedding"],
 )

@@ -13,14 +13,16 @@ from PIL import Image
 
 from sdserver.config import Settings
 from sdserver.engines.base import EngineOutput, JobCancelled, JobFailed
+from sdserver.engines.diffusion import addons as addons_module
 from sdserver.engines.diffusion.engine import DiffusionEngine
 from sdserver.engines.diffusion.hints import canny_hint
+from sdserver.job_params import ControlNetMode, ControlNetParams, ControlNetUnit
 from sdserver.jobs import Job, JobKind
 from sdserver.objects.base import make_object_key
 from sdserver.objects.local import LocalObjectStore
-from tests.support.tiny_addons import make_tiny_lora
+from tests.support.tiny_addons import make_tiny_embedding, make_tiny_lora
 from tests.support.tiny_controlnet import make_tiny_controlnet
-from tests.support.tiny_sd import RecordingContext, make_job, make_tiny_model, pixels, png_bytes
+from tests.support.tiny_sd import RecordingContext, generation_params, make_job, make_tiny_model, pixels, png_bytes
 
 # diffusers hands torch tensors to numpy 2 APIs in ways numpy deprecates; not ours to fix.
 pytestmark = [
@@ -32,6 +34,7 @@ MODEL = "tiny-sd"
 CN_A = "tiny-cn-a"
 CN_B = "tiny-cn-b"
 LORA = "tiny-lora"
+EMBEDDING = "cn-style"
 
 
 @dataclass
@@ -49,12 +52,37 @@ class World:
         [output] = self.engine.run([job], lambda _job: context)
         return output
 
-    def controlnet(self, *, ctx: RecordingContext | None = None, **params: Any) -> EngineOutput:
-        params.setdefault("controlnet_model", [CN_A])
-        params.setdefault("controlnet_conditioning_scale", [1.0])
-        if "control_image_key" not in params:
-            params.setdefault("init_image_key", self.picture_key)
-        return self.run(make_job(MODEL, JobKind.CONTROLNET, **params), ctx)
+    def controlnet(
+        self,
+        *,
+        ctx: RecordingContext | None = None,
+        units: tuple[ControlNetUnit, ...] = (ControlNetUnit(CN_A),),
+        init: str | None = None,
+        control: str | None = None,
+        mask: str | None = None,
+        guess_mode: bool = False,
+        auto_hint: bool = False,
+        **generation: Any,
+    ) -> EngineOutput:
+        """A ControlNet job as the API stores it: the mode from the images given (the picture as the init image when
+        none is), the init image as the control picture when there is no control image."""
+        if init is None and control is None:
+            init = self.picture_key
+        mode = (
+            ControlNetMode.INPAINT if mask else ControlNetMode.IMG2IMG if init and control else ControlNetMode.TEXT2IMG
+        )
+        from_image = mode is not ControlNetMode.TEXT2IMG
+        params = ControlNetParams(
+            generation=generation_params(
+                from_image=from_image, init_image_key=init if from_image else None, mask_image_key=mask, **generation
+            ),
+            units=units,
+            control_image_key=control or init or "",
+            mode=mode,
+            guess_mode=guess_mode,
+            auto_hint=auto_hint,
+        )
+        return self.run(make_job(MODEL, JobKind.CONTROLNET, params), ctx)
 
 
 def _square_picture() -> Image.Image:
@@ -77,6 +105,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     make_tiny_controlnet(models, CN_A, seed=1)
     make_tiny_controlnet(models, CN_B, seed=2)
     make_tiny_lora(models, LORA)
+    make_tiny_embedding(models, EMBEDDING)
     objects = LocalObjectStore(data_dir / "objects", "http://test", b"secret", 3600)
 
     def put(image: Image.Image) -> str:
@@ -95,13 +124,13 @@ def _differ(first: bytes, second: bytes) -> float:
 
 def test_the_controlnet_steers_the_image_and_scale_zero_switches_it_off(world: World) -> None:
     steered = world.controlnet().images[0]
-    off = world.controlnet(controlnet_conditioning_scale=[0.0]).images[0]
-    other_hint = world.controlnet(init_image_key=world.other_key).images[0]
+    off = world.controlnet(units=(ControlNetUnit(CN_A, scale=0.0),)).images[0]
+    other_hint = world.controlnet(init=world.other_key).images[0]
     assert _differ(steered, off) > 1.0
     # The hint itself matters, not only that a ControlNet ran.
     assert _differ(steered, other_hint) > 0.3
     # At scale 0 the ControlNet adds nothing: the image matches other control pictures at scale 0.
-    off_other = world.controlnet(init_image_key=world.other_key, controlnet_conditioning_scale=[0.0]).images[0]
+    off_other = world.controlnet(init=world.other_key, units=(ControlNetUnit(CN_A, scale=0.0),)).images[0]
     assert _differ(off, off_other) < 0.5
 
 
@@ -119,23 +148,23 @@ def test_same_seed_same_bytes_and_each_sample_its_own_seed(world: World) -> None
 
 def test_progress_is_reported_and_a_cancel_stops_the_job(world: World) -> None:
     ctx = RecordingContext()
-    world.controlnet(ctx=ctx, num_inference_steps=3)
+    world.controlnet(ctx=ctx, steps=3)
     assert ctx.steps[-1] == (3, 3)
     with pytest.raises(JobCancelled):
-        world.controlnet(ctx=RecordingContext(cancel_at=1), num_inference_steps=3)
+        world.controlnet(ctx=RecordingContext(cancel_at=1), steps=3)
 
 
 def test_unknown_controlnet_fails_the_job_naming_it(world: World) -> None:
     with pytest.raises(JobFailed) as failed:
-        world.controlnet(controlnet_model=["no-such-cn"])
+        world.controlnet(units=(ControlNetUnit("no-such-cn"),))
     assert failed.value.code == "controlnet_not_found"
     assert "controlnet_model" in failed.value.message and "no-such-cn" in failed.value.message
 
 
 def test_two_controlnets_with_their_own_scales(world: World) -> None:
     single = world.controlnet(seed=5).images[0]
-    multi = world.controlnet(seed=5, controlnet_model=[CN_A, CN_B], controlnet_conditioning_scale=[1.0, 0.0])
-    both = world.controlnet(seed=5, controlnet_model=[CN_A, CN_B], controlnet_conditioning_scale=[1.0, 1.0])
+    multi = world.controlnet(seed=5, units=(ControlNetUnit(CN_A, scale=1.0), ControlNetUnit(CN_B, scale=0.0)))
+    both = world.controlnet(seed=5, units=(ControlNetUnit(CN_A, scale=1.0), ControlNetUnit(CN_B, scale=1.0)))
     # B at scale 0 adds nothing: the same as A alone; with B on, the image changes.
     assert _differ(multi.images[0], single) < 0.5
     assert _differ(both.images[0], single) > 1.0
@@ -144,23 +173,21 @@ def test_two_controlnets_with_their_own_scales(world: World) -> None:
 
 
 def test_img2img_mode_starts_from_the_init_image(world: World) -> None:
-    params = {"init_image_key": world.picture_key, "control_image_key": world.other_key, "seed": 3}
-    light = world.controlnet(strength=0.5, **params)
-    strong = world.controlnet(strength=1.0, **params)
-    text2img = world.controlnet(control_image_key=world.other_key, seed=3)
+    images = {"init": world.picture_key, "control": world.other_key}
+    light = world.controlnet(strength=0.5, seed=3, **images)
+    strong = world.controlnet(strength=1.0, seed=3, **images)
+    text2img = world.controlnet(control=world.other_key, seed=3)
     assert light.meta["controlnet_mode"] == "img2img"
     assert text2img.meta["controlnet_mode"] == "text2img"
     assert _differ(light.images[0], strong.images[0]) > 1.0
     assert _differ(light.images[0], text2img.images[0]) > 1.0
     # A strength too low for one denoising step keeps the init picture, not the control picture.
-    kept = world.controlnet(strength=0.2, **params)
+    kept = world.controlnet(strength=0.2, seed=3, **images)
     assert np.array_equal(pixels(kept.images[0]), pixels(png_bytes(world.picture)))
 
 
 def test_inpaint_mode_keeps_the_unmasked_half(world: World) -> None:
-    output = world.controlnet(
-        mask_image_key=world.mask_key, init_image_key=world.picture_key, control_image_key=world.other_key, strength=1.0
-    )
+    output = world.controlnet(mask=world.mask_key, init=world.picture_key, control=world.other_key, strength=1.0)
     assert output.meta["controlnet_mode"] == "inpaint"
     result, init = pixels(output.images[0]), pixels(png_bytes(world.picture))
     assert np.abs(result[:, :24] - init[:, :24]).max() <= 2
@@ -169,11 +196,11 @@ def test_inpaint_mode_keeps_the_unmasked_half(world: World) -> None:
 
 def test_auto_hint_makes_canny_edges_and_unsupported_types_fail(world: World) -> None:
     raw = world.controlnet(seed=9).images[0]
-    hinted = world.controlnet(seed=9, auto_hint=True, controlnet_type=["canny"])
+    hinted = world.controlnet(seed=9, auto_hint=True, units=(ControlNetUnit(CN_A, "canny"),))
     assert hinted.meta["auto_hint"] == "yes" and hinted.meta["hint_preprocessors"] == ["canny", "ip2p", "tile"]
     assert _differ(raw, hinted.images[0]) > 0.3
     with pytest.raises(JobFailed) as failed:
-        world.controlnet(auto_hint=True, controlnet_type=["depth"])
+        world.controlnet(auto_hint=True, units=(ControlNetUnit(CN_A, "depth"),))
     assert "controlnet_type" in failed.value.message and "canny, ip2p, tile" in failed.value.message
 
 
@@ -194,16 +221,42 @@ def test_the_engine_keeps_controlnets_loaded_and_clear_drops_them(world: World) 
 
 
 def test_outputs_carry_the_controlnet_in_their_png_parameters(world: World) -> None:
-    output = world.controlnet(controlnet_conditioning_scale=[0.5])
+    output = world.controlnet(units=(ControlNetUnit(CN_A, scale=0.5),))
     with Image.open(io.BytesIO(output.images[0])) as image:
         parameters = image.info["parameters"]
     assert "ControlNet: " in parameters and f"{CN_A} (none, weight 0.5)" in parameters and "Seed: 1234" in parameters
     assert output.meta["nsfw_content_detected"] is False
 
 
+def test_png_parameters_list_every_generation_setting_then_the_controlnet(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One builder writes what every generation writes (embeddings and token merging too), then ControlNet adds its
+    own entries."""
+    # The tiny UNet has attention only below full resolution; reach it so token merging applies.
+    monkeypatch.setattr(addons_module, "TOME_MAX_DOWNSAMPLE", 2)
+    output = world.controlnet(
+        prompt=f"a photo of {EMBEDDING} cat",
+        clip_skip=2,
+        loras=((LORA, 0.5),),
+        embeddings=(EMBEDDING,),
+        tomesd=True,
+        guess_mode=True,
+    )
+    assert output.meta["tomesd"] == "yes"
+    with Image.open(io.BytesIO(output.images[0])) as image:
+        parameters = image.info["parameters"]
+    assert parameters.splitlines() == [
+        f"a photo of {EMBEDDING} cat",
+        "Steps: 2, Sampler: EulerDiscreteScheduler, CFG scale: 7.5, Seed: 1234, Size: 64x64, Model: tiny-sd, "
+        f'Clip skip: 2, Lora: "{LORA}: 0.5", Embeddings: {EMBEDDING}, Token merging ratio: 0.5, '
+        f'ControlNet: "{CN_A} (none, weight 1)", Guess mode: True',
+    ]
+
+
 def test_a_lora_applies_to_controlnet_jobs_and_is_taken_off_after(world: World) -> None:
     plain = world.controlnet(seed=11).images[0]
-    with_lora = world.controlnet(seed=11, lora_models=[LORA], lora_strengths=[1.0]).images[0]
+    with_lora = world.controlnet(seed=11, loras=((LORA, 1.0),)).images[0]
     after = world.controlnet(seed=11).images[0]
     assert _differ(plain, with_lora) > 0.3
     assert pixels(after).tolist() == pixels(plain).tolist()
@@ -211,9 +264,9 @@ def test_a_lora_applies_to_controlnet_jobs_and_is_taken_off_after(world: World) 
 
 def test_a_replaced_controlnet_is_read_again(world: World) -> None:
     make_tiny_controlnet(world.models, "tiny-cn-swap", seed=1)
-    before = world.controlnet(controlnet_model=["tiny-cn-swap"]).images[0]
+    before = world.controlnet(units=(ControlNetUnit("tiny-cn-swap"),)).images[0]
     same_as_a = world.controlnet().images[0]
     make_tiny_controlnet(world.models, "tiny-cn-swap", seed=2)
-    after = world.controlnet(controlnet_model=["tiny-cn-swap"]).images[0]
+    after = world.controlnet(units=(ControlNetUnit("tiny-cn-swap"),)).images[0]
     assert pixels(before).tolist() == pixels(same_as_a).tolist()  # same seed, same weights as tiny-cn-a
     assert _differ(before, after) > 0.3

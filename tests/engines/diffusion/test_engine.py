@@ -123,7 +123,7 @@ def test_sample_i_uses_seed_plus_i(world: World) -> None:
 @pytest.mark.parametrize(
     ("kind", "field", "value"),
     [
-        (JobKind.TEXT2IMG, "num_inference_steps", 5),
+        (JobKind.TEXT2IMG, "steps", 5),
         (JobKind.TEXT2IMG, "guidance_scale", 2.0),
         (JobKind.TEXT2IMG, "negative_prompt", "ugly blurry"),
         (JobKind.TEXT2IMG, "prompt", "a red house"),
@@ -138,7 +138,7 @@ def test_sample_i_uses_seed_plus_i(world: World) -> None:
 )
 def test_each_parameter_changes_the_image(world: World, kind: JobKind, field: str, value: Any) -> None:
     # 4 steps: strength picks int(steps * strength) of them, so 0.3 runs 1 step where the default 0.7 runs 2.
-    base: dict[str, Any] = {"num_inference_steps": 4}
+    base: dict[str, Any] = {"steps": 4}
     assert world.image(kind=kind, **{**base, field: value}) != world.image(kind=kind, **base)
 
 
@@ -184,14 +184,14 @@ def test_one_model_serves_all_kinds_with_the_same_weights(world: World) -> None:
 
 def test_progress_is_reported_every_step(world: World) -> None:
     ctx = RecordingContext()
-    world.run(make_job(FOLDER_MODEL, num_inference_steps=3), ctx)
+    world.run(make_job(FOLDER_MODEL, steps=3), ctx)
     assert ctx.steps == [(0, 3), (1, 3), (2, 3), (3, 3)]
 
 
 def test_cancel_stops_the_pipeline(world: World) -> None:
     ctx = RecordingContext(cancel_at=2)
     with pytest.raises(JobCancelled):
-        world.run(make_job(FOLDER_MODEL, num_inference_steps=10), ctx)
+        world.run(make_job(FOLDER_MODEL, steps=10), ctx)
     assert ctx.steps[-1] == (2, 10)
 
 

@@ -1,4 +1,5 @@
-"""Scheduler names: the contract's 18 classes and the A1111 aliases either sample a tiny model or fail clearly."""
+"""Scheduler names: the contract's 18 classes and the A1111 aliases either sample a tiny model or fail clearly when
+planned (the API plans once; the engine builds what was planned)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from sdserver.catalog.schedulers import (
     plan_scheduler,
 )
 from sdserver.config import Settings
-from sdserver.engines.base import JobFailed
 from sdserver.engines.diffusion.engine import DiffusionEngine
 from sdserver.jobs import JobKind
 from sdserver.objects.base import make_object_key
@@ -44,7 +44,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory, objects: LocalObjectStore) 
 
 
 def _run(engine: DiffusionEngine, scheduler: str, **params: object) -> tuple[bytes, dict[str, object]]:
-    job = make_job(MODEL, scheduler=scheduler, num_inference_steps=3, **params)
+    job = make_job(MODEL, scheduler=scheduler, steps=3, **params)
     [output] = engine.run([job], lambda _job: RecordingContext())
     return output.images[0], output.meta
 
@@ -57,8 +57,8 @@ def test_the_contract_lists_18_names() -> None:
 @pytest.mark.parametrize("name", SCHEDULER_NAMES)
 def test_every_contract_name_samples_or_fails_clearly(engine: DiffusionEngine, name: str) -> None:
     if name in UNSUPPORTED_SCHEDULERS:
-        with pytest.raises(JobFailed) as failure:
-            _run(engine, name)
+        with pytest.raises(SchedulerError) as failure:
+            plan_scheduler(name, True, None)
         assert failure.value.code == "unsupported_scheduler"
         assert failure.value.message == (
             f"{name} cannot sample a Stable Diffusion model; use e.g. DPMSolverMultistepScheduler"
@@ -124,9 +124,9 @@ def test_stochastic_samplers_reproduce_with_the_seed(engine: DiffusionEngine, na
     assert first != other
 
 
-def test_unknown_name_fails_with_its_own_code(engine: DiffusionEngine) -> None:
-    with pytest.raises(JobFailed) as failure:
-        _run(engine, "MagicScheduler")
+def test_unknown_name_fails_with_its_own_code() -> None:
+    with pytest.raises(SchedulerError) as failure:
+        plan_scheduler("MagicScheduler", True, None)
     assert failure.value.code == "unknown_scheduler"
     assert "MagicScheduler" in failure.value.message
 
@@ -144,23 +144,18 @@ def test_plan_refuses_unsupported_names_before_any_torch() -> None:
     assert failure.value.code == "unsupported_scheduler"
 
 
-def test_empty_scheduler_uses_the_models_own(engine: DiffusionEngine) -> None:
-    _, meta = _run(engine, "")
-    assert meta["scheduler"] == "PNDMScheduler"
-
-
 @pytest.mark.parametrize("name", sorted(SAMPLING_SCHEDULERS))
 def test_every_sampler_starts_from_an_image_or_fails_clearly(
     engine: DiffusionEngine, objects: LocalObjectStore, name: str
 ) -> None:
     init = Image.new("RGB", (64, 64), (200, 40, 40))
-    key = objects.put(make_object_key("uploads", "png", temp=False), png_bytes(init), "image/png").key
-    job = make_job(MODEL, JobKind.IMG2IMG, scheduler=name, num_inference_steps=3, init_image_key=key, strength=0.7)
     if name in NOISE_ONLY_SCHEDULERS:
-        with pytest.raises(JobFailed) as failure:
-            engine.run([job], lambda _job: RecordingContext())
+        with pytest.raises(SchedulerError) as failure:
+            plan_scheduler(name, True, None, from_image=True)
         assert failure.value.code == "unsupported_scheduler"
         assert "init image" in failure.value.message
         return
+    key = objects.put(make_object_key("uploads", "png", temp=False), png_bytes(init), "image/png").key
+    job = make_job(MODEL, JobKind.IMG2IMG, scheduler=name, steps=3, init_image_key=key, strength=0.7)
     [output] = engine.run([job], lambda _job: RecordingContext())
     assert output.meta["scheduler"] == name

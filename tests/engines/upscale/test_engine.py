@@ -24,6 +24,7 @@ from sdserver.engines.upscale.archs import OFFICIAL_MODELS, ArchSpec
 from sdserver.engines.upscale.engine import UpscaleEngine, weights_folder
 from sdserver.engines.upscale.tiny import write_official_weights, write_weights
 from sdserver.errors import JobErrorCode
+from sdserver.job_params import SuperResolutionParams
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus
 from sdserver.jobstore.store import JobStore
 from sdserver.objects.base import make_object_key
@@ -68,7 +69,7 @@ class Deployment:
     def job(self, model_id: str, input_key: str, scale: float = 4.0, **params: Any) -> Job:
         return Job(
             id=1, owner_key_id=1, kind=JobKind.SUPER_RESOLUTION, model_id=model_id,
-            params={"input_key": input_key, "scale": scale, "face_enhance": False, **params},
+            params=SuperResolutionParams(input_key=input_key, scale=scale, **params),
             output_keys=(make_object_key("outputs", "png", temp=False),), future_links=("http://x/out.png",),
             width=0, height=0, steps=0, scheduler="", status=JobStatus.RUNNING, attempts=1, max_attempts=3,
             created_at=datetime.now(UTC),
@@ -210,7 +211,7 @@ def test_a_real_worker_completes_a_super_resolution_job(deployment: Deployment) 
             owner_key_id=1,
             kind=JobKind.SUPER_RESOLUTION,
             model_id=COMPACT,
-            params={"input_key": input_key, "scale": 2, "face_enhance": False},
+            params=SuperResolutionParams(input_key=input_key, scale=2),
             output_keys=(output_key,),
             future_links=(objects.url_for(output_key),),
             width=48,

@@ -12,21 +12,18 @@ from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import allocate_outputs
 from sdserver.api.routes.generation import check_addons_exist, model_id_for, submit_generation
-from sdserver.api.schemas_controlnet import ControlNetParams, ControlNetRequest, resolve_controlnet
-from sdserver.api.schemas_generation import GenerationParams
+from sdserver.api.schemas_controlnet import ControlNetRequest, ResolvedControlNet, resolve_controlnet
+from sdserver.api.schemas_generation import ResolvedGeneration
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
 from sdserver.catalog.layout import AddonKind, find_addon, models_dir_for
+from sdserver.job_params import JobReply
 from sdserver.jobs import JobKind
 
 router = APIRouter(tags=["generation"])
 
-# Image fields and the job param each one's stored key goes in.
-_IMAGE_FIELDS = (
-    ("init_image", "init_image_key"),
-    ("control_image", "control_image_key"),
-    ("mask_image", "mask_image_key"),
-)
+# The image fields, in the order they are stored.
+_IMAGE_FIELDS = ("init_image", "control_image", "mask_image")
 
 
 async def controlnet(request: Request, services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
@@ -39,35 +36,34 @@ async def controlnet(request: Request, services: ServicesDep, caller: CallerDep,
         enhance_suffix=services.settings.enhance_prompt_suffix,
     )
     check_addons_exist(services, resolved)
-    job_params = _job_params(resolved, control, body, request.url.path) | await _input_keys(services, body, caller)
-    keys, links = allocate_outputs(services, resolved.samples, temp=resolved.temp)
-    return await submit_generation(services, caller, JobKind.CONTROLNET, resolved, job_params, (keys, links))
+    reply = _reply(resolved, control, body, request.url.path)
+    run = control.job_params(resolved.params, await _input_keys(services, body, caller))
+    keys, links = allocate_outputs(services, resolved.params.samples, temp=resolved.temp)
+    return await submit_generation(services, caller, JobKind.CONTROLNET, resolved, (run, reply), (keys, links))
 
 
 async def _input_keys(services: Services, body: ControlNetRequest, caller: ApiKey) -> dict[str, str]:
-    """Store each image the request gave (checked, SSRF-guarded) where workers read them."""
+    """Store each image the request gave (checked, SSRF-guarded) where workers read them; keys by field."""
     keys: dict[str, str] = {}
-    for field, param in _IMAGE_FIELDS:
+    for field in _IMAGE_FIELDS:
         value = getattr(body, field)
         if value is not None:
             # Kept 24 h: long enough for any queued job, then purged with other temporary uploads.
             saved, _ = await store_client_image(
                 services, value, field=field, owner=caller, endpoint="job_input", temp=True
             )
-            keys[param] = saved.object_key
+            keys[field] = saved.object_key
     return keys
 
 
-def _job_params(
-    resolved: GenerationParams, control: ControlNetParams, body: ControlNetRequest, path: str
-) -> dict[str, Any]:
+def _reply(resolved: ResolvedGeneration, control: ResolvedControlNet, body: ControlNetRequest, path: str) -> JobReply:
     meta = resolved.meta() | control.meta()
-    for field, _ in _IMAGE_FIELDS:
+    for field in _IMAGE_FIELDS:
         value = getattr(body, field)
         if value is not None:
             # URLs are echoed; inline image data would bloat every reply.
             meta[field] = value if value.startswith("http") else "<base64>"
-    return resolved.job_params() | {"fetch_prefix": family_prefix(path), "meta": meta} | control.job_params()
+    return JobReply(fetch_prefix=family_prefix(path), meta=meta, base64=resolved.base64)
 
 
 add_alias_routes(

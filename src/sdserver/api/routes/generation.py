@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -14,9 +15,9 @@ from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import allocate_outputs, run_job
 from sdserver.api.schemas_generation import (
-    GenerationParams,
     Img2ImgRequest,
     InpaintRequest,
+    ResolvedGeneration,
     Text2ImgRequest,
     resolve_generation,
 )
@@ -24,6 +25,7 @@ from sdserver.api.services import Services
 from sdserver.auth import ApiKey
 from sdserver.catalog.layout import AddonKind
 from sdserver.errors import ModelNotFoundError, ValidationError
+from sdserver.job_params import GenerationParams, JobParams, JobReply
 from sdserver.jobs import JobKind, JobSpec
 
 router = APIRouter(tags=["generation"])
@@ -39,22 +41,26 @@ def model_id_for(services: Services, requested: str | None) -> str:
     return model_id
 
 
-def check_addons_exist(services: Services, resolved: GenerationParams) -> None:
+def check_addons_exist(services: Services, resolved: ResolvedGeneration) -> None:
     """Every LoRA, VAE and embedding id the request names must be on disk now (a clear error beats a failed job)."""
     data_dir = services.settings.data_dir
-    require_addons(data_dir, AddonKind.LORA, "lora_model", [lora for lora, _ in resolved.loras])
-    require_addons(data_dir, AddonKind.VAE, "vae", [resolved.vae] if resolved.vae else [])
-    require_addons(data_dir, AddonKind.EMBEDDING, "embeddings_model", list(resolved.embeddings))
+    params = resolved.params
+    require_addons(data_dir, AddonKind.LORA, "lora_model", [lora for lora, _ in params.loras])
+    require_addons(data_dir, AddonKind.VAE, "vae", [params.vae] if params.vae else [])
+    require_addons(data_dir, AddonKind.EMBEDDING, "embeddings_model", list(params.embeddings))
 
 
-async def _input_keys(services: Services, body: Text2ImgRequest, caller: ApiKey) -> dict[str, str]:
-    """Store the init and mask images (checked, SSRF-guarded) where workers read them."""
-    keys: dict[str, str] = {}
-    if isinstance(body, Img2ImgRequest):
-        keys["init_image_key"] = await _store_input(services, body.init_image, "init_image", caller)
+async def _with_input_images(
+    services: Services, params: GenerationParams, body: Text2ImgRequest, caller: ApiKey
+) -> GenerationParams:
+    """Store the init and mask images (checked, SSRF-guarded) where workers read them; the params name their keys."""
     if isinstance(body, InpaintRequest):
-        keys["mask_image_key"] = await _store_input(services, body.mask_image, "mask_image", caller)
-    return keys
+        init = await _store_input(services, body.init_image, "init_image", caller)
+        mask = await _store_input(services, body.mask_image, "mask_image", caller)
+        return replace(params, init_image_key=init, mask_image_key=mask)
+    if isinstance(body, Img2ImgRequest):
+        return replace(params, init_image_key=await _store_input(services, body.init_image, "init_image", caller))
+    return params
 
 
 async def _store_input(services: Services, value: str, field: str, caller: ApiKey) -> str:
@@ -63,11 +69,13 @@ async def _store_input(services: Services, value: str, field: str, caller: ApiKe
     return saved.object_key
 
 
-def _job_params(resolved: GenerationParams, body: Text2ImgRequest, path: str) -> dict[str, Any]:
+def _reply(resolved: ResolvedGeneration, body: Text2ImgRequest, path: str, keys: tuple[str, ...]) -> JobReply:
     meta = resolved.meta()
     if isinstance(body, Img2ImgRequest):
         meta["init_image"] = body.init_image if body.init_image.startswith("http") else "<base64>"
-    return resolved.job_params() | {"fetch_prefix": family_prefix(path), "meta": meta}
+    # The vendor's meta names the output files by a shared prefix; ours is the first output's unique name.
+    meta["file_prefix"] = PurePosixPath(keys[0]).stem if keys else None
+    return JobReply(fetch_prefix=family_prefix(path), meta=meta, base64=resolved.base64)
 
 
 async def _generate(
@@ -80,23 +88,23 @@ async def _generate(
         enhance_suffix=services.settings.enhance_prompt_suffix,
     )
     check_addons_exist(services, resolved)
-    keys, links = allocate_outputs(services, resolved.samples, temp=resolved.temp)
-    params = _job_params(resolved, body, request.url.path) | await _input_keys(services, body, caller)
-    # The vendor's meta names the output files by a shared prefix; ours is the first output's unique name.
-    params["meta"]["file_prefix"] = PurePosixPath(keys[0]).stem if keys else None
-    return await submit_generation(services, caller, kind, resolved, params, (keys, links))
+    keys, links = allocate_outputs(services, resolved.params.samples, temp=resolved.temp)
+    reply = _reply(resolved, body, request.url.path, keys)
+    params = await _with_input_images(services, resolved.params, body, caller)
+    return await submit_generation(services, caller, kind, resolved, (params, reply), (keys, links))
 
 
 async def submit_generation(
     services: Services,
     caller: ApiKey,
     kind: JobKind,
-    resolved: GenerationParams,
-    params: dict[str, Any],
+    resolved: ResolvedGeneration,
+    job: tuple[JobParams, JobReply],
     outputs: tuple[tuple[str, ...], tuple[str, ...]],
 ) -> dict[str, Any]:
-    """Queue a generation job (any kind, ControlNet too) with its allocated outputs and answer as the spine does."""
-    keys, links = outputs
+    """Queue a generation job (any kind, ControlNet too) with its params, reply echo and allocated outputs, and
+    answer as the spine does."""
+    (params, reply), (keys, links) = job, outputs
     spec = JobSpec(
         owner_key_id=caller.id,
         kind=kind,
@@ -106,11 +114,12 @@ async def submit_generation(
         future_links=links,
         width=resolved.width,
         height=resolved.height,
-        steps=resolved.steps,
-        scheduler=resolved.scheduler,
+        steps=resolved.params.steps,
+        scheduler=resolved.params.scheduler.class_name,
         webhook_url=resolved.webhook,
         track_id=resolved.track_id,
         max_attempts=services.settings.job_max_attempts,
+        reply=reply,
     )
     return await run_job(services, spec, instant_response=resolved.instant_response)
 

@@ -32,6 +32,7 @@ from sdserver.auth import ApiKey
 from sdserver.catalog.files import remove_model_files
 from sdserver.catalog.registry import ModelKind, ModelState
 from sdserver.errors import JobErrorCode, ModelNotFoundError, SdError
+from sdserver.job_params import JobReply, ModelLoadParams
 from sdserver.jobs import JobKind, JobSpec
 
 router = APIRouter(tags=["model management"])
@@ -98,20 +99,15 @@ async def _start_load(
         owner_key_id=caller.id,
         kind=JobKind.MODEL_LOAD,
         model_id=plan.model_id,
-        params={
-            "model_kind": plan.kind.value,
-            "source_type": plan.source_type,
-            "source": plan.source,
-            "revision": plan.revision,
-            "format": plan.format,
-            "fetch_prefix": family_prefix(request.url.path),
-            "meta": meta,
-        },
+        params=ModelLoadParams(
+            model_kind=plan.kind.value, source_type=plan.source_type, source=plan.source, revision=plan.revision
+        ),
         output_keys=(),
         future_links=(),
         webhook_url=plan.webhook,
         track_id=plan.track_id,
         max_attempts=services.settings.job_max_attempts,
+        reply=JobReply(fetch_prefix=family_prefix(request.url.path), meta=meta),
     )
     try:
         job = await submit_job(services, spec)

@@ -18,6 +18,7 @@ from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import allocate_outputs, run_job
 from sdserver.api.schemas_upscale import SuperResolutionRequest, resolve_super_resolution
 from sdserver.errors import ModelNotFoundError
+from sdserver.job_params import JobReply, SuperResolutionParams
 from sdserver.jobs import JobKind, JobSpec
 
 router = APIRouter(tags=["super resolution"])
@@ -50,15 +51,9 @@ async def super_resolution(
         owner_key_id=caller.id,
         kind=JobKind.SUPER_RESOLUTION,
         model_id=resolved.model_id,
-        params={
-            "input_key": saved.object_key,
-            "scale": resolved.scale,
-            "face_enhance": resolved.face_enhance,
-            "base64": resolved.base64,
-            "single_output": path in SUPER_RESOLUTION_STRING_PATHS,
-            "fetch_prefix": family_prefix(path),
-            "meta": meta,
-        },
+        params=SuperResolutionParams(
+            input_key=saved.object_key, scale=resolved.scale, face_enhance=resolved.face_enhance
+        ),
         output_keys=keys,
         future_links=links,
         width=image.width,
@@ -66,6 +61,12 @@ async def super_resolution(
         webhook_url=resolved.webhook,
         track_id=resolved.track_id,
         max_attempts=services.settings.job_max_attempts,
+        reply=JobReply(
+            fetch_prefix=family_prefix(path),
+            meta=meta,
+            base64=resolved.base64,
+            single_output=path in SUPER_RESOLUTION_STRING_PATHS,
+        ),
     )
     return await run_job(services, spec, instant_response=resolved.instant_response)
 

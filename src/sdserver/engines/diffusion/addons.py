@@ -17,7 +17,7 @@ from sdserver.catalog.layout import AddonKind, find_addon
 from sdserver.engines.base import JobFailed
 from sdserver.engines.lru import FingerprintLRU, files_fingerprint
 from sdserver.errors import JobErrorCode
-from sdserver.jobs import Job
+from sdserver.job_params import GenerationParams
 
 # Loaded adapters stay on the model (disabled between jobs) so a popular LoRA is not re-read every job.
 MAX_CACHED_LORAS: Final = 8
@@ -42,17 +42,8 @@ class AddonRequest:
     tomesd: bool = False
 
     @classmethod
-    def from_job(cls, job: Job) -> AddonRequest:
-        params = job.params
-        ids = [str(item) for item in params.get("lora_models") or ()]
-        strengths = [float(item) for item in params.get("lora_strengths") or ()]
-        strengths += [1.0] * (len(ids) - len(strengths))
-        return cls(
-            loras=tuple(zip(ids, strengths, strict=False)),
-            vae=str(params["vae"]) if params.get("vae") else None,
-            embeddings=tuple(str(item) for item in params.get("embeddings") or ()),
-            tomesd=bool(params.get("tomesd", False)),
-        )
+    def from_params(cls, params: GenerationParams) -> AddonRequest:
+        return cls(loras=params.loras, vae=params.vae, embeddings=params.embeddings, tomesd=params.tomesd)
 
 
 @dataclass

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import torch
 from diffusers import (
@@ -20,7 +19,6 @@ from PIL import Image
 
 from sdserver.catalog.hints import MAX_CONTROLNETS
 from sdserver.catalog.layout import AddonKind, find_addon
-from sdserver.catalog.schedulers import SchedulerChoice
 from sdserver.engines.base import EngineOutput, JobFailed, StepContext
 from sdserver.engines.diffusion import pipelines
 from sdserver.engines.diffusion.addons import AddonRequest, job_addons
@@ -31,23 +29,19 @@ from sdserver.engines.diffusion.schedulers import build_scheduler
 from sdserver.engines.lru import FingerprintLRU, files_fingerprint
 from sdserver.engines.precision import Placement
 from sdserver.errors import JobErrorCode
+from sdserver.job_params import ControlNetMode, ControlNetParams
 from sdserver.jobs import Job, JobKind
 from sdserver.objects.base import ObjectStore
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # ControlNets are small next to the base model (~700 MB for SD 1.5 in fp16); one job's worth stays loaded for reuse.
 MAX_LOADED_CONTROLNETS: Final = MAX_CONTROLNETS
-DEFAULT_CONDITIONING_SCALE: Final = 1.0
 
-TEXT2IMG_MODE: Final = "text2img"
-IMG2IMG_MODE: Final = "img2img"
-INPAINT_MODE: Final = "inpaint"
-_PIPELINES: Final[dict[str, Any]] = {
-    TEXT2IMG_MODE: StableDiffusionControlNetPipeline,
-    IMG2IMG_MODE: StableDiffusionControlNetImg2ImgPipeline,
-    INPAINT_MODE: StableDiffusionControlNetInpaintPipeline,
+_PIPELINES: Final[dict[ControlNetMode, Any]] = {
+    ControlNetMode.TEXT2IMG: StableDiffusionControlNetPipeline,
+    ControlNetMode.IMG2IMG: StableDiffusionControlNetImg2ImgPipeline,
+    ControlNetMode.INPAINT: StableDiffusionControlNetInpaintPipeline,
 }
 
 
@@ -111,63 +105,6 @@ def _load_controlnet(controlnet_id: str, path: Path, placement: Placement) -> An
     return model.to(placement.device).eval()
 
 
-@dataclass(frozen=True)
-class ControlNetInputs:
-    """The ControlNet part of a job's params (the API validated them; one type and scale per ControlNet)."""
-
-    models: list[str]
-    types: list[str | None]
-    scales: list[float]
-    guess_mode: bool
-    auto_hint: bool
-
-
-def controlnet_inputs(job: Job) -> ControlNetInputs:
-    params = job.params
-    models = [str(item) for item in _as_list(params.get("controlnet_model"))]
-    if not models:
-        raise JobFailed(JobErrorCode.INVALID_PARAMS, "controlnet_model: the job names no ControlNet")
-    types = [str(item) if item else None for item in _as_list(params.get("controlnet_type"))] or [None]
-    scales = [float(item) for item in _as_list(params.get("controlnet_conditioning_scale"))] or [
-        DEFAULT_CONDITIONING_SCALE
-    ]
-    return ControlNetInputs(
-        models=models,
-        types=_per_model(types, len(models), "controlnet_type"),
-        scales=_per_model(scales, len(models), "controlnet_conditioning_scale"),
-        guess_mode=bool(params.get("guess_mode", False)),
-        auto_hint=bool(params.get("auto_hint", False)),
-    )
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def _per_model(values: list[T], count: int, field: str) -> list[T]:
-    """One value for every ControlNet, or exactly one per ControlNet."""
-    if len(values) == 1:
-        return values * count
-    if len(values) != count:
-        raise JobFailed(
-            JobErrorCode.INVALID_PARAMS, f"{field}: give one value or one per ControlNet ({count}), got {len(values)}"
-        )
-    return values
-
-
-def job_mode(job: Job) -> str:
-    """inpaint with a mask; img2img when both a start image and a separate control image are given; otherwise
-    text2img, with the control image (or the init image) only steering the ControlNet."""
-    params = job.params
-    if params.get("mask_image_key"):
-        return INPAINT_MODE
-    if params.get("init_image_key") and params.get("control_image_key"):
-        return IMG2IMG_MODE
-    return TEXT2IMG_MODE
-
-
 def run_controlnet_job(
     model: LoadedModel,
     job: Job,
@@ -180,45 +117,39 @@ def run_controlnet_job(
 ) -> EngineOutput:
     """Make `samples` images for one ControlNet job as one batch, with the job's add-ons (LoRA, VAE, embeddings,
     tomesd) and the shared finishing (safety screen, PNG parameters); raises JobFailed for inputs it cannot use."""
-    mode = job_mode(job)
-    if mode != INPAINT_MODE and unet_in_channels(model) == INPAINT_IN_CHANNELS:
+    params = job.params_as(ControlNetParams)
+    mode = params.mode
+    if mode is not ControlNetMode.INPAINT and unet_in_channels(model) == INPAINT_IN_CHANNELS:
         raise JobFailed(
             JobErrorCode.UNSUPPORTED_MODEL, f"Model {model.model_id} is an inpainting model; send a mask_image"
         )
-    inputs = pipelines.job_inputs(job)
-    control = controlnet_inputs(job)
-    choice = pipelines.choose_scheduler(model, job, inputs, from_image=mode != TEXT2IMG_MODE)
-    controlnets = cache.get(control.models)
-    pipeline = _pipeline(model, mode, controlnets, build_scheduler(choice, model.scheduler_config, inputs.seed))
-    size = (job.width, job.height)
-    init, control_source, mask = _input_images(job, objects, size)
-    hints = [_hint(control_source, kind, control.auto_hint) for kind in control.types]
+    inputs = pipelines.job_inputs(job, params.generation)
+    controlnets = cache.get([unit.model for unit in params.units])
+    scheduler = build_scheduler(inputs.scheduler, model.scheduler_config, inputs.seed)
+    pipeline = _pipeline(model, mode, controlnets, scheduler)
+    init, control_source, mask = _input_images(job, params, objects)
+    hints = [_hint(control_source, unit.hint_type, params.auto_hint) for unit in params.units]
     skip = pipelines.diffusers_clip_skip(inputs.clip_skip, model.text_layers)
-    addons = AddonRequest.from_job(job)
+    addons = AddonRequest.from_params(params.generation)
     with job_addons(pipeline, model.addons, addons, models_dir, inputs.seed) as addon_meta:
-        images = _generate(pipeline, job, inputs, control, ctx, skip, mode, init, hints, mask)
-    extra = _extra_parameters(inputs, addons, control, skip, mode)
+        images = _generate(pipeline, job, inputs, params, ctx, skip, init, hints, mask)
+    extra = pipelines.extra_parameters(
+        inputs, addons, addon_meta, skip, from_image=mode is not ControlNetMode.TEXT2IMG
+    ) | _controlnet_parameters(params)
     finished = pipelines.finish_run(
-        images, job, inputs, choice, init=init, mask=mask, nsfw_threshold=nsfw_threshold, extra_parameters=extra
+        images, job, inputs, init=init, mask=mask, nsfw_threshold=nsfw_threshold, extra_parameters=extra
     )
-    meta = _meta(inputs, choice, model, skip, control, mode) | addon_meta | finished.meta
+    meta = _meta(inputs, model, skip, params) | addon_meta | finished.meta
     return EngineOutput(images=finished.images, meta=meta)
 
 
-def _extra_parameters(
-    inputs: pipelines.JobInputs, addons: AddonRequest, control: ControlNetInputs, skip: int | None, mode: str
-) -> dict[str, Any]:
-    """A1111's names for the settings beyond the standard ones, for the PNG `parameters` text."""
+def _controlnet_parameters(params: ControlNetParams) -> dict[str, Any]:
+    """The PNG `parameters` entries ControlNet adds after the ones every generation writes."""
     return {
-        "Denoising strength": inputs.strength if mode != TEXT2IMG_MODE else None,
-        "Clip skip": skip + 1 if skip is not None else None,
-        "VAE": addons.vae,
-        "Lora": ", ".join(f"{lora}: {strength:g}" for lora, strength in addons.loras) or None,
         "ControlNet": ", ".join(
-            f"{name} ({kind or 'none'}, weight {scale:g})"
-            for name, kind, scale in zip(control.models, control.types, control.scales, strict=True)
+            f"{unit.model} ({unit.hint_type or 'none'}, weight {unit.scale:g})" for unit in params.units
         ),
-        "Guess mode": "True" if control.guess_mode else None,
+        "Guess mode": "True" if params.guess_mode else None,
     }
 
 
@@ -226,10 +157,9 @@ def _generate(
     pipeline: Any,
     job: Job,
     inputs: pipelines.JobInputs,
-    control: ControlNetInputs,
+    params: ControlNetParams,
     ctx: StepContext,
     skip: int | None,
-    mode: str,
     init: Image.Image | None,
     hints: list[Image.Image],
     mask: Image.Image | None,
@@ -238,27 +168,28 @@ def _generate(
     if skip is not None:
         # Inside the add-ons: embeddings and text-encoder LoRA must shape these embeddings too.
         kwargs.update(clip_skip_kwargs(pipeline, inputs.prompt, inputs.negative_prompt, skip))
+    scales = [unit.scale for unit in params.units]
     kwargs.update(
         height=job.height,
         width=job.width,
-        controlnet_conditioning_scale=control.scales if len(hints) > 1 else control.scales[0],
-        guess_mode=control.guess_mode,
+        controlnet_conditioning_scale=scales if len(hints) > 1 else scales[0],
+        guess_mode=params.guess_mode,
     )
     hint_arg: Any = hints if len(hints) > 1 else hints[0]
-    if mode == TEXT2IMG_MODE:
+    if init is None:
         kwargs.update(image=hint_arg)
     else:
         kwargs.update(image=init, control_image=hint_arg, strength=inputs.strength)
     if mask is not None:
         kwargs.update(mask_image=mask)
-    if mode != TEXT2IMG_MODE and init is not None and int(inputs.steps * inputs.strength) < 1:
+    if init is not None and int(inputs.steps * inputs.strength) < 1:
         # No denoising step would run (diffusers refuses this): strength this low means "keep the image".
         return [init.copy() for _ in range(inputs.samples)]
     with torch.inference_mode():
         return list(pipeline(**kwargs).images)
 
 
-def _pipeline(model: LoadedModel, mode: str, controlnets: list[Any], scheduler: Any) -> Any:
+def _pipeline(model: LoadedModel, mode: ControlNetMode, controlnets: list[Any], scheduler: Any) -> Any:
     """A ControlNet pipeline around the very modules the model's other pipelines use: no second copy of weights."""
     base = model.pipelines[JobKind.TEXT2IMG]
     pipeline = _PIPELINES[mode](
@@ -277,31 +208,18 @@ def _pipeline(model: LoadedModel, mode: str, controlnets: list[Any], scheduler: 
 
 
 def _input_images(
-    job: Job, objects: ObjectStore, size: tuple[int, int]
+    job: Job, params: ControlNetParams, objects: ObjectStore
 ) -> tuple[Image.Image | None, Image.Image, Image.Image | None]:
-    """(init image, the picture the hints come from, mask), at the job's size."""
-    params = job.params
-    init = (
-        pipelines.read_image(objects, params["init_image_key"], size, "RGB", "init_image")
-        if params.get("init_image_key")
-        else None
-    )
-    if params.get("control_image_key"):
-        control = pipelines.read_image(objects, params["control_image_key"], size, "RGB", "control_image")
-    elif init is not None:
-        control = init
-    else:
-        raise JobFailed(
-            JobErrorCode.INVALID_IMAGE, "control_image: the job has neither a control_image nor an init_image"
-        )
-    mask = (
-        pipelines.read_image(objects, params["mask_image_key"], size, "L", "mask_image")
-        if params.get("mask_image_key")
-        else None
-    )
-    if mask is not None and init is None:
-        raise JobFailed(JobErrorCode.INVALID_IMAGE, "init_image: inpainting with a mask_image needs an init_image")
-    return init, control, mask
+    """(init image, the picture the hints come from, mask) as the job's mode needs them, at the job's size."""
+    size = (job.width, job.height)
+    generation = params.generation
+    control = pipelines.read_image(objects, params.control_image_key, size, "RGB", "control_image")
+    if params.mode is ControlNetMode.TEXT2IMG:
+        return None, control, None
+    init = pipelines.read_image(objects, generation.init_image_key, size, "RGB", "init_image")
+    if params.mode is not ControlNetMode.INPAINT:
+        return init, control, None
+    return init, control, pipelines.read_image(objects, generation.mask_image_key, size, "L", "mask_image")
 
 
 def _hint(image: Image.Image, controlnet_type: str | None, auto_hint: bool) -> Image.Image:
@@ -317,19 +235,15 @@ def _hint(image: Image.Image, controlnet_type: str | None, auto_hint: bool) -> I
 
 
 def _meta(
-    inputs: pipelines.JobInputs,
-    choice: SchedulerChoice,
-    model: LoadedModel,
-    skip: int | None,
-    control: ControlNetInputs,
-    mode: str,
+    inputs: pipelines.JobInputs, model: LoadedModel, skip: int | None, params: ControlNetParams
 ) -> dict[str, Any]:
-    return pipelines.run_meta(inputs, choice, model, skip) | {
-        "controlnet_mode": mode,
-        "controlnet_model": ",".join(control.models),
-        "controlnet_type": ",".join(kind or "" for kind in control.types),
-        "controlnet_conditioning_scale": control.scales if len(control.scales) > 1 else control.scales[0],
-        "guess_mode": "yes" if control.guess_mode else "no",
-        "auto_hint": "yes" if control.auto_hint else "no",
+    scales = [unit.scale for unit in params.units]
+    return pipelines.run_meta(inputs, model, skip) | {
+        "controlnet_mode": params.mode.value,
+        "controlnet_model": ",".join(unit.model for unit in params.units),
+        "controlnet_type": ",".join(unit.hint_type or "" for unit in params.units),
+        "controlnet_conditioning_scale": scales if len(scales) > 1 else scales[0],
+        "guess_mode": "yes" if params.guess_mode else "no",
+        "auto_hint": "yes" if params.auto_hint else "no",
         "hint_preprocessors": sorted(HINT_PREPROCESSORS),
     }

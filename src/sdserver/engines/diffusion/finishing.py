@@ -15,12 +15,11 @@ from PIL.PngImagePlugin import PngInfo
 from sdserver.engines.base import JobFailed
 from sdserver.errors import JobErrorCode
 from sdserver.images import normalize_mode
+from sdserver.job_params import SAFETY_CHECKER_TYPES, generation_part
 from sdserver.jobs import Job
 
 # The PNG tEXt key A1111, ComfyUI importers and image viewers read generation settings from.
 PARAMETERS_KEY: Final = "parameters"
-SAFETY_MODES: Final = ("sensitive_content_text", "blur", "pixelate", "black")
-DEFAULT_SAFETY_MODE: Final = "sensitive_content_text"
 SEED_MASK: Final = (1 << 64) - 1
 
 
@@ -46,9 +45,9 @@ def finish_images(
     `Key: value` entries (e.g. "Denoising strength") after the standard ones; None values are left out."""
     meta: dict[str, Any] = {"nsfw_content_detected": False}
     finished = list(images)
-    if job.params.get("safety_checker"):
-        mode = str(job.params.get("safety_checker_type") or DEFAULT_SAFETY_MODE)
-        finished, meta = _screen(finished, mode, nsfw_threshold)
+    params = generation_part(job.params)
+    if params.safety_checker:
+        finished, meta = _screen(finished, params.safety_checker_type, nsfw_threshold)
     encoded = [
         encode_png_with_parameters(
             image, generation_parameters(job, (seed + index) & SEED_MASK, sampler, extra_parameters)
@@ -59,10 +58,9 @@ def finish_images(
 
 
 def _screen(images: list[Image.Image], mode: str, threshold: float) -> tuple[list[Image.Image], dict[str, Any]]:
-    if mode not in SAFETY_MODES:
-        raise JobFailed(
-            JobErrorCode.INVALID_PARAMS, f"safety_checker_type must be one of {', '.join(SAFETY_MODES)}, got {mode!r}"
-        )
+    if mode not in SAFETY_CHECKER_TYPES:
+        types = ", ".join(SAFETY_CHECKER_TYPES)
+        raise JobFailed(JobErrorCode.INVALID_PARAMS, f"safety_checker_type must be one of {types}, got {mode!r}")
     # Imported here: the checker loads onnxruntime and its model only for jobs that ask for it.
     from sdserver.safety import screen_images
 
@@ -77,15 +75,14 @@ def _screen(images: list[Image.Image], mode: str, threshold: float) -> tuple[lis
 
 def generation_parameters(job: Job, seed: int, sampler: str, extra: Mapping[str, Any] | None = None) -> str:
     """A1111's layout: prompt, `Negative prompt: ...`, then one line of `Key: value` pairs."""
-    params = job.params
-    lines = [_one_line(str(params.get("prompt") or ""))]
-    negative = params.get("negative_prompt")
-    if negative:
-        lines.append(f"Negative prompt: {_one_line(str(negative))}")
+    params = generation_part(job.params)
+    lines = [_one_line(params.prompt)]
+    if params.negative_prompt:
+        lines.append(f"Negative prompt: {_one_line(params.negative_prompt)}")
     fields: dict[str, Any] = {
-        "Steps": params.get("num_inference_steps", job.steps),
+        "Steps": params.steps,
         "Sampler": sampler,
-        "CFG scale": params.get("guidance_scale"),
+        "CFG scale": params.guidance_scale,
         "Seed": seed,
         "Size": f"{job.width}x{job.height}",
         "Model": job.model_id,

@@ -42,9 +42,8 @@ class LoadedModel:
     fingerprint: int
     placement: Placement
     pipelines: dict[JobKind, Any]
-    # The scheduler the model ships with: its config seeds every job's scheduler; its class is the default.
+    # The scheduler the model ships with: its config seeds every job's scheduler (the class is the job's choice).
     scheduler_config: Any
-    default_scheduler: str
     text_layers: int
     # LoRA adapters and VAEs kept loaded for this model between jobs (job_addons puts them on and takes them off).
     addons: AddonCache = field(default_factory=AddonCache)
@@ -161,7 +160,6 @@ def _share_components(source: ModelSource, placement: Placement, base: Any) -> L
         placement=placement,
         pipelines=pipelines,
         scheduler_config=base.scheduler.config,
-        default_scheduler=type(base.scheduler).__name__,
         text_layers=int(base.text_encoder.config.num_hidden_layers),
     )
 

@@ -11,7 +11,6 @@ from typing import Any, Final
 import torch
 from PIL import Image, ImageFilter
 
-from sdserver.catalog.schedulers import SchedulerChoice, SchedulerError, plan_scheduler
 from sdserver.engines.base import EngineOutput, JobFailed, StepContext
 from sdserver.engines.diffusion.addons import TOME_RATIO, AddonRequest, job_addons
 from sdserver.engines.diffusion.finishing import FinishedImages, finish_images
@@ -20,12 +19,10 @@ from sdserver.engines.diffusion.prompts import clip_skip_kwargs
 from sdserver.engines.diffusion.schedulers import build_scheduler
 from sdserver.engines.inputs import read_input_image
 from sdserver.errors import JobErrorCode
+from sdserver.job_params import GenerationParams, SchedulerChoice
 from sdserver.jobs import Job, JobKind
 from sdserver.objects.base import ObjectStore
 
-DEFAULT_GUIDANCE: Final = 7.5
-DEFAULT_STRENGTH: Final = 0.7
-DEFAULT_STEPS: Final = 20
 SEED_MASK: Final = (1 << 64) - 1
 DEFAULT_NSFW_THRESHOLD: Final = 0.5
 # Inpaint outputs keep the unmasked pixels of the input exactly; the seam is feathered over this share of the side.
@@ -36,7 +33,8 @@ __all__ = ["FinishedImages", "finish_images", "run_job"]
 
 @dataclass(frozen=True)
 class JobInputs:
-    """A job's parameters as the pipelines take them (the API validated and defaulted them)."""
+    """A job's generation settings as the pipelines take them (the API validated and defaulted them), with the seed
+    and the sample count settled."""
 
     prompt: str
     negative_prompt: str | None
@@ -46,32 +44,27 @@ class JobInputs:
     samples: int
     strength: float
     clip_skip: int | None
-    use_karras_sigmas: bool
-    algorithm_type: str | None
+    scheduler: SchedulerChoice
 
 
-def job_inputs(job: Job) -> JobInputs:
-    params = job.params
-    clip_skip = params.get("clip_skip")
+def job_inputs(job: Job, params: GenerationParams) -> JobInputs:
     return JobInputs(
-        prompt=str(params.get("prompt") or ""),
-        negative_prompt=str(params["negative_prompt"]) if params.get("negative_prompt") else None,
-        steps=int(params.get("num_inference_steps") or job.steps or DEFAULT_STEPS),
-        guidance_scale=float(params.get("guidance_scale", DEFAULT_GUIDANCE)),
-        seed=job_seed(job),
-        samples=max(1, len(job.output_keys) or int(params.get("samples") or 1)),
-        strength=float(params.get("strength", DEFAULT_STRENGTH)),
-        clip_skip=int(clip_skip) if clip_skip is not None else None,
-        use_karras_sigmas=bool(params.get("use_karras_sigmas", False)),
-        algorithm_type=params.get("algorithm_type"),
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt or None,
+        steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        seed=job_seed(job, params),
+        samples=max(1, len(job.output_keys) or params.samples),
+        strength=params.strength,
+        clip_skip=params.clip_skip,
+        scheduler=params.scheduler,
     )
 
 
-def job_seed(job: Job) -> int:
+def job_seed(job: Job, params: GenerationParams) -> int:
     """The seed the API set; a job without one gets a seed derived from its id, so a retry makes the same images."""
-    seed = job.params.get("seed")
-    if seed is not None:
-        return int(seed) & SEED_MASK
+    if params.seed is not None:
+        return params.seed & SEED_MASK
     return int.from_bytes(hashlib.sha256(f"job-seed:{job.id}".encode()).digest()[:4], "big")
 
 
@@ -79,19 +72,6 @@ def sample_generators(seed: int, samples: int) -> list[torch.Generator]:
     """Sample i draws its noise from a CPU generator seeded `seed + i`: the same noise on every device, and sample
     i of a batch matches a one-sample run with seed `seed + i` (up to the rounding of batched maths)."""
     return [torch.Generator("cpu").manual_seed((seed + index) & SEED_MASK) for index in range(samples)]
-
-
-def choose_scheduler(model: LoadedModel, job: Job, inputs: JobInputs, *, from_image: bool) -> SchedulerChoice:
-    """The job's scheduler (the model's own by default); `from_image`: the run starts from an init image."""
-    try:
-        return plan_scheduler(
-            job.scheduler or model.default_scheduler,
-            inputs.use_karras_sigmas,
-            inputs.algorithm_type,
-            from_image=from_image,
-        )
-    except SchedulerError as exc:
-        raise JobFailed(exc.code, exc.message) from exc
 
 
 def diffusers_clip_skip(requested: int | None, text_layers: int) -> int | None:
@@ -115,20 +95,25 @@ def run_job(
         raise JobFailed(
             JobErrorCode.UNSUPPORTED_MODEL, f"Model {model.model_id} is an inpainting model; use it with inpaint"
         )
-    inputs = job_inputs(job)
-    choice = choose_scheduler(model, job, inputs, from_image=job.kind is not JobKind.TEXT2IMG)
+    params = job.params_as(GenerationParams)
+    inputs = job_inputs(job, params)
     pipeline = model.pipelines[job.kind]
-    pipeline.scheduler = build_scheduler(choice, model.scheduler_config, inputs.seed)
+    pipeline.scheduler = build_scheduler(inputs.scheduler, model.scheduler_config, inputs.seed)
     skip = diffusers_clip_skip(inputs.clip_skip, model.text_layers)
-    init, mask = _input_images(job, objects)
-    addons = AddonRequest.from_job(job)
+    init, mask = _input_images(job, params, objects)
+    addons = AddonRequest.from_params(params)
     with job_addons(pipeline, model.addons, addons, models_dir, inputs.seed) as addon_meta:
         images = _generate(pipeline, job, inputs, ctx, skip, init, mask)
-    extra = _extra_parameters(inputs, addons, skip, from_image=init is not None, tome=addon_meta["tomesd"] == "yes")
     finished = finish_run(
-        images, job, inputs, choice, init=init, mask=mask, nsfw_threshold=nsfw_threshold, extra_parameters=extra
+        images,
+        job,
+        inputs,
+        init=init,
+        mask=mask,
+        nsfw_threshold=nsfw_threshold,
+        extra_parameters=extra_parameters(inputs, addons, addon_meta, skip, from_image=init is not None),
     )
-    meta = run_meta(inputs, choice, model, skip) | addon_meta | finished.meta
+    meta = run_meta(inputs, model, skip) | addon_meta | finished.meta
     return EngineOutput(images=finished.images, meta=meta)
 
 
@@ -158,10 +143,12 @@ def _generate(
         return list(pipeline(**kwargs).images)
 
 
-def _extra_parameters(
-    inputs: JobInputs, addons: AddonRequest, skip: int | None, *, from_image: bool, tome: bool
+def extra_parameters(
+    inputs: JobInputs, addons: AddonRequest, addon_meta: dict[str, Any], skip: int | None, *, from_image: bool
 ) -> dict[str, Any]:
-    """A1111's names for the settings beyond the standard ones, for the PNG `parameters` text."""
+    """A1111's names for the settings beyond the standard ones, for the PNG `parameters` text of every generation
+    (ControlNet adds its own after these); `addon_meta` is what `job_addons` reported."""
+    tome = addon_meta["tomesd"] == "yes"
     return {
         "Denoising strength": inputs.strength if from_image else None,
         "Clip skip": skip + 1 if skip is not None else None,
@@ -173,15 +160,17 @@ def _extra_parameters(
     }
 
 
-def _input_images(job: Job, objects: ObjectStore) -> tuple[Image.Image | None, Image.Image | None]:
+def _input_images(
+    job: Job, params: GenerationParams, objects: ObjectStore
+) -> tuple[Image.Image | None, Image.Image | None]:
     """(init image, mask) as the job's kind needs them, at the job's size."""
     size = (job.width, job.height)
     if job.kind is JobKind.TEXT2IMG:
         return None, None
-    init = read_image(objects, job.params.get("init_image_key"), size, "RGB", "init_image")
+    init = read_image(objects, params.init_image_key, size, "RGB", "init_image")
     if job.kind is not JobKind.INPAINT:
         return init, None
-    return init, read_image(objects, job.params.get("mask_image_key"), size, "L", "mask_image")
+    return init, read_image(objects, params.mask_image_key, size, "L", "mask_image")
 
 
 def common_kwargs(inputs: JobInputs, ctx: StepContext) -> dict[str, Any]:
@@ -202,13 +191,13 @@ def common_kwargs(inputs: JobInputs, ctx: StepContext) -> dict[str, Any]:
     }
 
 
-def run_meta(inputs: JobInputs, choice: SchedulerChoice, model: LoadedModel, skip: int | None) -> dict[str, Any]:
+def run_meta(inputs: JobInputs, model: LoadedModel, skip: int | None) -> dict[str, Any]:
     """What every generation reports in `meta` about the run: seed, scheduler, precision, clip skip."""
     return {
         "seed": inputs.seed,
-        "scheduler": choice.class_name,
-        "use_karras_sigmas": "yes" if choice.use_karras_sigmas else "no",
-        "algorithm_type": choice.algorithm_type,
+        "scheduler": inputs.scheduler.class_name,
+        "use_karras_sigmas": "yes" if inputs.scheduler.use_karras_sigmas else "no",
+        "algorithm_type": inputs.scheduler.algorithm_type,
         "precision": model.placement.precision,
         # Reported in the request's counting: what ran, after fitting it to the text encoder's depth.
         "clip_skip": skip + 1 if skip is not None else inputs.clip_skip,
@@ -225,7 +214,6 @@ def finish_run(
     images: list[Image.Image],
     job: Job,
     inputs: JobInputs,
-    choice: SchedulerChoice,
     *,
     init: Image.Image | None,
     mask: Image.Image | None,
@@ -240,7 +228,7 @@ def finish_run(
         images,
         job,
         seed=inputs.seed,
-        sampler=choice.class_name,
+        sampler=inputs.scheduler.class_name,
         nsfw_threshold=nsfw_threshold,
         extra_parameters=extra_parameters,
     )

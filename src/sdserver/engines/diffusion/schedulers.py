@@ -7,7 +7,8 @@ from typing import Any
 
 import diffusers
 
-from sdserver.catalog.schedulers import KARRAS_SCHEDULERS, SchedulerChoice
+from sdserver.catalog.schedulers import KARRAS_SCHEDULERS
+from sdserver.job_params import SchedulerChoice
 
 # DPM-Solver's first-order variants cannot end on sigma 0 (diffusers refuses `final_sigmas_type="zero"` for them).
 _NEEDS_SIGMA_MIN_END = frozenset({"dpmsolver", "sde-dpmsolver"})

@@ -23,6 +23,7 @@ from sdserver.engines.upscale.runner import DEFAULT_TILE_PAD, Upscaler, output_s
 from sdserver.engines.upscale.tiling import is_out_of_memory
 from sdserver.engines.upscale.weights import UnsupportedWeightsError, find_weights, list_weight_ids, load_network
 from sdserver.errors import JobErrorCode
+from sdserver.job_params import SuperResolutionParams
 from sdserver.jobs import Job, JobKind
 from sdserver.objects.base import ObjectStore
 
@@ -97,12 +98,12 @@ class UpscaleEngine:
         return [self._run_one(job, ctx(job)) for job in jobs]
 
     def _run_one(self, job: Job, step: StepContext) -> EngineOutput:
-        params = job.params
-        if params.get("face_enhance"):
+        params = job.params_as(SuperResolutionParams)
+        if params.face_enhance:
             raise JobFailed(JobErrorCode.FACE_ENHANCE_UNAVAILABLE, FACE_ENHANCE_MESSAGE)
-        scale = float(params.get("scale", 4))
+        scale = params.scale
         upscaler = self.upscaler(job.model_id)
-        image = self._read_input(str(params["input_key"]))
+        image = self._read_input(params.input_key)
         try:
             result = upscaler.upscale_with_info(image, scale, tile=self._tile, on_tile=step.step)
         except RuntimeError as exc:
