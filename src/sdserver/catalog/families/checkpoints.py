@@ -143,7 +143,7 @@ def _unet_only_family(header: CheckpointHeader, name: str) -> tuple[ModelFamily,
         for key, shape in header.shapes.items()
         if key.startswith(UNET) and key.endswith(".attn2.to_k.weight") and len(shape) == 2
     }
-    if len(widths) == 1 and (width := widths.pop()) in _UNET_CONTEXT_FAMILIES:
+    if len(widths) == 1 and (width := min(widths)) in _UNET_CONTEXT_FAMILIES:
         return _UNET_CONTEXT_FAMILIES[width], f"a UNet with {width}-wide text cross-attention and no text encoder"
     raise UnsupportedModelError(
         f"{name}: an LDM UNet without text encoders whose cross-attention widths {sorted(widths)} match no "
