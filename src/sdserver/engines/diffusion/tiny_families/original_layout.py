@@ -2,8 +2,8 @@
 towers, SD3's MMDiT, T5) so tiny checkpoints look like the files users download.
 
 Each function is the inverse of the matching converter in diffusers' single-file loader; the tests load the
-result with `from_single_file` and compare it weight for weight with the folder it came from. Every weight must
-find an original name: a leftover raises KeyError, so a layout change cannot drop weights silently.
+result with `from_single_file` and compare it weight for weight with the folder it came from. The UNet, OpenCLIP
+and MMDiT converters raise KeyError for a weight they cannot name, so a layout change cannot drop one silently.
 """
 
 from __future__ import annotations

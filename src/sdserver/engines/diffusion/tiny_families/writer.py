@@ -44,7 +44,8 @@ def make_tiny_family_model(
     for weights in config_dir.rglob("*.safetensors"):
         weights.unlink()
     file = checkpoints / f"{model_id}.safetensors"
-    state = SINGLE_FILE_LAYOUTS[family](pipe)
+    state = original_checkpoint(family, pipe)
+    # Copies: safetensors refuses tensors that share memory (T5's tied embeddings, the fused qkv views).
     save_file({key: value.detach().contiguous().clone() for key, value in state.items()}, file)
     return file
 
