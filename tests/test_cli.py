@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -155,3 +156,40 @@ def test_models_make_tiny_writes_a_loadable_model_and_registers_it(
     assert record is not None and record.state is ModelState.READY and record.format == "diffusers"
     assert main(["models", "make-tiny", "../escape", "--data-dir", str(tmp_path)]) == 2
     assert "not a valid model id" in capsys.readouterr().err
+
+
+def test_models_make_tiny_writes_each_family_in_either_form_and_says_what_it_detected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sdserver.catalog.layout import ModelFormat, find_model
+    from sdserver.catalog.registry import ModelKind, ModelRegistry, ModelState
+    from sdserver.cli import main
+    from sdserver.config import Settings
+    from sdserver.database import create_db_engine
+
+    for name in [name for name in os.environ if name.startswith("SDSERVER_")]:
+        monkeypatch.delenv(name)
+    data_dir = ["--data-dir", str(tmp_path)]
+    assert main(["models", "make-tiny", "xl", "--family", "sdxl", "--single-file", "--seed", "3", *data_dir]) == 0
+    out = capsys.readouterr().out
+    assert "wrote tiny sdxl model 'xl'" in out and "detected family: sdxl (prediction: epsilon)" in out
+    assert main(["models", "make-tiny", "v", "--family", "sd2v", *data_dir]) == 0
+    assert "detected family: sd2 (prediction: v_prediction)" in capsys.readouterr().out
+    assert main(["models", "make-tiny", "flux", "--family", "flux", "--single-file", *data_dir]) == 2
+    assert "--single-file: tiny Flux models are folders only" in capsys.readouterr().err
+
+    checkpoint, folder = find_model(tmp_path / "models", "xl"), find_model(tmp_path / "models", "v")
+    assert checkpoint is not None and checkpoint.format is ModelFormat.SINGLE_FILE and checkpoint.config_dir
+    assert folder is not None and folder.format is ModelFormat.DIFFUSERS
+    # The default family's VAE downsamples 8x, like a real SD 1.5 VAE.
+    assert main(["models", "make-tiny", "plain", *data_dir]) == 0
+    vae = json.loads((tmp_path / "models/diffusers/plain/vae/config.json").read_text())
+    assert len(vae["block_out_channels"]) == 4
+
+    engine = create_db_engine(Settings(data_dir=tmp_path).sql_url)
+    registry = ModelRegistry(engine)
+    xl, flux = registry.get(ModelKind.CHECKPOINT, "xl"), registry.get(ModelKind.CHECKPOINT, "flux")
+    engine.dispose()
+    assert xl is not None and xl.state is ModelState.READY and xl.format == "safetensors"
+    assert xl.source == "sdserver models make-tiny --family sdxl --single-file --seed 3"
+    assert flux is None

@@ -14,6 +14,7 @@ from sdserver import __version__
 from sdserver.auth import KeyStore, Role
 from sdserver.config import Settings
 from sdserver.database import create_db_engine
+from sdserver.engines.diffusion.tiny_families.names import FOLDER_ONLY, TinyFamily
 from sdserver.errors import SdError
 
 log = logging.getLogger("sdserver")
@@ -49,8 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="manage diffusion models under <data-dir>/models")
     model_commands = models.add_subparsers(dest="models_command", required=True)
-    tiny = model_commands.add_parser("make-tiny", help="write a tiny random-weight SD model (its outputs are noise)")
+    tiny = model_commands.add_parser("make-tiny", help="write a tiny random-weight model (its outputs are noise)")
     tiny.add_argument("name", help="model id to create (letters, digits, '.', '_', '-')")
+    tiny.add_argument(
+        "--family",
+        choices=[family.value for family in TinyFamily],
+        default=TinyFamily.SD15.value,
+        help="model family to imitate (default sd15; sd2v: SD 2.x v-prediction; lcm: SD 1.5 with an LCM scheduler)",
+    )
+    tiny.add_argument(
+        "--single-file",
+        action="store_true",
+        help="write an original-layout .safetensors checkpoint plus its config folder instead of a diffusers folder",
+    )
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     _add_data_dir(tiny)
     return parser
@@ -110,24 +122,39 @@ def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def run_models_command(settings: Settings, args: argparse.Namespace) -> int:
     """`models make-tiny NAME`: a tiny seeded model, registered as ready, for trying the API without weights."""
+    from sdserver.catalog.families import detect_source_family
     from sdserver.catalog.ids import is_valid_model_id
-    from sdserver.catalog.layout import models_dir_for
+    from sdserver.catalog.layout import find_model, models_dir_for
     from sdserver.catalog.registry import ModelKind, ModelRegistry
 
     if not is_valid_model_id(args.name):
         print(f"error: {args.name!r} is not a valid model id (letters, digits, '.', '_', '-')", file=sys.stderr)
         return 2
+    family = TinyFamily(args.family)
+    if args.single_file and family in FOLDER_ONLY:
+        print(f"error: --single-file: {FOLDER_ONLY[family]}", file=sys.stderr)
+        return 2
     # torch loads only for this command, never for `serve` or `keys`.
-    from sdserver.engines.diffusion.tiny import make_tiny_model
+    from sdserver.engines.diffusion.tiny_families.writer import make_tiny_family_model
 
+    # The registry's format names, as load_model records them.
+    model_format = "safetensors" if args.single_file else "diffusers"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     registry = ModelRegistry(create_db_engine(settings.sql_url))
-    source = f"sdserver models make-tiny --seed {args.seed}"
-    registry.begin_load(ModelKind.CHECKPOINT, args.name, source=source, format="diffusers")
-    folder = make_tiny_model(models_dir_for(settings.data_dir), args.name, seed=args.seed)
-    size = sum(entry.stat().st_size for entry in folder.rglob("*") if entry.is_file())
-    registry.mark_ready(ModelKind.CHECKPOINT, args.name, format="diffusers", size=size)
-    print(f"wrote tiny model '{args.name}' to {folder}")
+    flags = " --single-file" if args.single_file else ""
+    source = f"sdserver models make-tiny --family {family.value}{flags} --seed {args.seed}"
+    registry.begin_load(ModelKind.CHECKPOINT, args.name, source=source, format=model_format)
+    models_dir = models_dir_for(settings.data_dir)
+    path = make_tiny_family_model(models_dir, args.name, family, single_file=args.single_file, seed=args.seed)
+    files = [path] if path.is_file() else [entry for entry in path.rglob("*") if entry.is_file()]
+    registry.mark_ready(ModelKind.CHECKPOINT, args.name, format=model_format, size=sum(f.stat().st_size for f in files))
+    stored = find_model(models_dir, args.name)
+    info = detect_source_family(stored) if stored is not None else None
+    print(f"wrote tiny {family.value} model '{args.name}' to {path}")
+    if info is not None:
+        prediction = info.prediction_type.value if info.prediction_type else "unknown"
+        few_step = f", few-step: {info.few_step.value}" if info.few_step else ""
+        print(f"detected family: {info.family.value} (prediction: {prediction}{few_step})")
     print("its weights are random: every image it makes is noise (for trying the API and tests, not for pictures)")
     return 0
 

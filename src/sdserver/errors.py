@@ -117,6 +117,13 @@ class ModelNotFoundError(SdError):
     default_message = "Model id not found"
 
 
+class UnsupportedModelError(SdError):
+    """Model files of a family or layout this server does not run; the message names what was found."""
+
+    code = "unsupported_model"
+    default_message = "The model is not of a supported family"
+
+
 class RateLimitedError(SdError):
     code = "rate_limited"
     default_message = "Rate limit exceeded"

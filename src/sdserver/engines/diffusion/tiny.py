@@ -138,7 +138,10 @@ def _byte_alphabet() -> list[str]:
 
 
 def original_layout_state_dict(pipe: Any) -> dict[str, torch.Tensor]:
-    """The pipeline's weights renamed to the original (CompVis/LDM) single-file layout SD 1.x checkpoints use."""
+    """The pipeline's weights renamed to the original (CompVis/LDM) single-file layout SD 1.x checkpoints use.
+
+    A deliberate copy, for this module's fixed two-level shapes, of what `tiny_families.original_layout` does for
+    any UNet/VAE; test_tiny_families checks the two give the same checkpoint."""
     state: dict[str, torch.Tensor] = {}
     for key, value in pipe.unet.state_dict().items():
         state["model.diffusion_model." + _unet_key(key)] = value
