@@ -42,6 +42,7 @@ _TABLE: dict[str, ErrorReply] = {
     errors.FetchError.code: ErrorReply(400, "invalid_url"),
     errors.NotFoundError.code: ErrorReply(404, "not_found"),
     errors.ModelNotFoundError.code: ErrorReply(404, "not_found"),
+    errors.UnsupportedModelError.code: ErrorReply(422, "unsupported_model"),
     errors.RateLimitedError.code: ErrorReply(429, "rate_limited"),
     errors.StorageError.code: ErrorReply(503, "storage_unavailable"),
     errors.StoreUnavailableError.code: ErrorReply(503, "store_unavailable"),
