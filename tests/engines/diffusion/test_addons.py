@@ -91,13 +91,13 @@ def test_two_loras_stack(world: World) -> None:
 def test_a_lora_replaced_on_disk_is_read_again(world: World) -> None:
     models = world.data_dir / "models"
     path = make_tiny_lora(models, "swapped-lora", seed=9)
-    first = world.image(lora_models=["swapped-lora"])
+    first = world.image(loras=(("swapped-lora", 1.0),))
     make_tiny_lora(models, "swapped-lora", seed=10)
     later = path.stat().st_mtime_ns + 1_000_000_000
     os.utime(path, ns=(later, later))
-    second = world.image(lora_models=["swapped-lora"])
+    second = world.image(loras=(("swapped-lora", 1.0),))
     assert _differs(first, second) > 0.1, "the stale adapter was dropped and the new weights loaded"
-    assert world.image(lora_models=["swapped-lora"]) == second
+    assert world.image(loras=(("swapped-lora", 1.0),)) == second
 
 
 @pytest.mark.parametrize("vae", ["vae-folder", "vae-file"])
