@@ -70,6 +70,8 @@ class GenerationParams:
     # Object keys of the stored input images.
     init_image_key: str | None = None
     mask_image_key: str | None = None
+    # SDXL: run the last part of the denoising on the installed refiner (ignored by other families).
+    refiner: bool = False
 
 
 class ControlNetMode(StrEnum):
