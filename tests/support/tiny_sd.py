@@ -20,22 +20,15 @@ from PIL import Image
 from sdserver.catalog.schedulers import plan_scheduler
 from sdserver.engines.base import JobCancelled
 from sdserver.engines.diffusion.tiny import (
-    _RESNET_TO_LDM,
     LAYERS_PER_BLOCK,
     SD15_SCHEDULER,
-    TINY_WORDS,
     UNET_CHANNELS,
     VAE_CHANNELS,
-    _byte_alphabet,
-    _rename_start,
-    _unet_key,
-    _unet_prefixes,
-    _vae_entry,
     build_tiny_pipeline,
     make_tiny_model,
     original_layout_state_dict,
-    tiny_tokenizer,
 )
+from sdserver.engines.diffusion.tiny_families.clip_vocab import TINY_WORDS, tiny_tokenizer
 from sdserver.job_params import GenerationParams, JobParams, generation_part
 from sdserver.jobs import Job, JobKind, JobStatus
 
@@ -45,13 +38,7 @@ __all__ = [
     "TINY_WORDS",
     "UNET_CHANNELS",
     "VAE_CHANNELS",
-    "_RESNET_TO_LDM",
     "RecordingContext",
-    "_byte_alphabet",
-    "_rename_start",
-    "_unet_key",
-    "_unet_prefixes",
-    "_vae_entry",
     "build_tiny_pipeline",
     "generation_params",
     "make_job",

@@ -19,7 +19,7 @@ from transformers import (
     T5Tokenizer,
 )
 
-from sdserver.engines.diffusion.tiny import TINY_WORDS, tiny_tokenizer
+from sdserver.engines.diffusion.tiny_families.clip_vocab import TINY_WORDS, tiny_tokenizer
 
 CLIP_L_WIDTH: Final = 32
 OPEN_CLIP_H_WIDTH: Final = 48

@@ -33,7 +33,18 @@ def make_tiny_family_model(
     if single_file and family in FOLDER_ONLY:
         raise ValueError(f"single_file: {FOLDER_ONLY[family]}, got family={family.value!r}")
     pipe = build_tiny_family_pipeline(family, seed=seed, inpainting=inpainting)
-    if not single_file:
+    checkpoint: Callable[[Any], Tensors] | None = (
+        (lambda built: original_checkpoint(family, built)) if single_file else None
+    )
+    return write_tiny_model(models_dir, model_id, pipe, checkpoint)
+
+
+def write_tiny_model(
+    models_dir: Path, model_id: str, pipe: Any, checkpoint: Callable[[Any], Tensors] | None = None
+) -> Path:
+    """Save `pipe` as a diffusers folder, or (with `checkpoint`, which renames its weights to the original layout)
+    as a single `.safetensors` checkpoint beside a `<id>.config/` folder; returns the folder or the file."""
+    if checkpoint is None:
         folder = models_dir / DIFFUSERS_DIR / model_id
         pipe.save_pretrained(folder, safe_serialization=True)
         return folder
@@ -44,7 +55,7 @@ def make_tiny_family_model(
     for weights in config_dir.rglob("*.safetensors"):
         weights.unlink()
     file = checkpoints / f"{model_id}.safetensors"
-    state = original_checkpoint(family, pipe)
+    state = checkpoint(pipe)
     # Copies: safetensors refuses tensors that share memory (T5's tied embeddings, the fused qkv views).
     save_file({key: value.detach().contiguous().clone() for key, value in state.items()}, file)
     return file
