@@ -144,7 +144,7 @@ def run_models_command(settings: Settings, args: argparse.Namespace) -> int:
     flags = " --single-file" if args.single_file else ""
     source = f"sdserver models make-tiny --family {family.value}{flags} --seed {args.seed}"
     registry.begin_load(ModelKind.CHECKPOINT, args.name, source=source, format=model_format)
-    models_dir = models_dir_for(settings.data_dir)
+    models_dir = models_dir_for(settings)
     path = make_tiny_family_model(models_dir, args.name, family, single_file=args.single_file, seed=args.seed)
     files = [path] if path.is_file() else [entry for entry in path.rglob("*") if entry.is_file()]
     registry.mark_ready(ModelKind.CHECKPOINT, args.name, format=model_format, size=sum(f.stat().st_size for f in files))

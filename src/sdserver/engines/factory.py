@@ -33,7 +33,7 @@ def build_engines(settings: Settings, objects: ObjectStore | None = None) -> lis
         elif name == MODELS_ENGINE:
             from sdserver.engines.model_loader import ModelLoaderEngine
 
-            engines.append(ModelLoaderEngine(settings))
+            engines.append(ModelLoaderEngine(settings, objects=objects))
         else:
             known = ", ".join(sorted({DIFFUSION_ENGINE, UPSCALE_ENGINE, MODELS_ENGINE, FakeEngine.name}))
             raise ValueError(f"engines: unknown engine {name!r}; known engines are {known}")
