@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id", type=int)
     _add_data_dir(revoke)
 
-    models = commands.add_parser("models", help="manage diffusion models under <data-dir>/models")
+    models = commands.add_parser("models", help="manage diffusion models in the models folder (SDSERVER_MODELS_DIR)")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     tiny = model_commands.add_parser("make-tiny", help="write a tiny random-weight model (its outputs are noise)")
     tiny.add_argument("name", help="model id to create (letters, digits, '.', '_', '-')")
