@@ -58,6 +58,7 @@ class DiffusionEngine:
         precision: PrecisionSetting = "auto",
         device: str | None = None,
         memory_probe: MemoryProbe | None = None,
+        files: ModelFiles | None = None,
     ) -> None:
         if max_loaded < 1:
             raise ValueError(f"max_loaded must be at least 1, got {max_loaded}")
@@ -69,7 +70,7 @@ class DiffusionEngine:
         self._loaded: FingerprintLRU[str, LoadedModel] = FingerprintLRU(max_loaded)
         self._scan: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
         self._controlnets = ControlNetCache(self._models_dir, self.placement)
-        self._files = ModelFiles(settings, objects)
+        self._files = files or ModelFiles(settings, objects)
         _quiet_libraries()
 
     def kinds(self) -> Collection[JobKind]:

@@ -62,6 +62,7 @@ class UpscaleEngine:
         tile_batch: int = 1,
         max_loaded: int = 2,
         max_input_pixels: int | None = None,
+        files: ModelFiles | None = None,
     ) -> None:
         self._objects = objects
         self._folder = weights_folder(settings)
@@ -74,7 +75,7 @@ class UpscaleEngine:
         self._loaded: FingerprintLRU[str, Upscaler] = FingerprintLRU(max(1, max_loaded))
         self._scanned_at = -float("inf")
         self._scanned: frozenset[str] = frozenset()
-        self._files = ModelFiles(settings, objects)
+        self._files = files or ModelFiles(settings, objects)
 
     def kinds(self) -> Collection[JobKind]:
         return frozenset({JobKind.SUPER_RESOLUTION})
