@@ -214,3 +214,24 @@ def test_two_data_dirs_sharing_one_models_dir_see_the_same_models(tmp_path: Path
 def _file(path: Path) -> Path:
     path.write_bytes(WEIGHTS)
     return path
+
+
+def test_an_unreachable_bucket_fails_the_job_as_storage_unavailable(boxes: Boxes) -> None:
+    import socket
+
+    from sdserver.objects.s3 import S3ObjectStore
+
+    boxes.load(ModelKind.CHECKPOINT, "m", _file(boxes.imports / "m.safetensors"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    bucket_settings = boxes.b.model_copy(
+        update={"storage": "s3", "s3_bucket": "gone", "s3_endpoint_url": f"http://127.0.0.1:{closed}"}
+    )
+    dead = S3ObjectStore.from_settings(bucket_settings, connect_timeout_s=0.2, read_timeout_s=0.2, max_attempts=1)
+
+    with pytest.raises(JobFailed) as failed:
+        ModelFiles(boxes.b, dead).ensure(ModelKind.CHECKPOINT, "m")
+
+    assert failed.value.code is JobErrorCode.STORAGE_UNAVAILABLE
+    assert find_model(models_dir_for(boxes.b), "m") is None

@@ -22,7 +22,7 @@ from sdserver.catalog.layout import models_dir_for
 from sdserver.catalog.manifests import ManifestError, ManifestStore
 from sdserver.catalog.registry import ModelKind
 from sdserver.engines.base import JobFailed
-from sdserver.errors import JobErrorCode
+from sdserver.errors import JobErrorCode, StorageError
 from sdserver.job_params import ControlNetParams, GenerationParams
 from sdserver.jobs import Job, JobKind
 from sdserver.objects.base import BlobStore, ObjectStore
@@ -104,6 +104,9 @@ class ModelFiles:
             raise JobFailed(JobErrorCode.MODEL_HASH_MISMATCH, f"Model {model_id!r}: {exc}") from None
         except (ModelPullError, ModelFileError, ManifestError) as exc:
             raise JobFailed(JobErrorCode.MODEL_PULL_FAILED, f"Model {model_id!r} could not be pulled: {exc}") from None
+        except StorageError as exc:
+            message = f"Model {model_id!r} could not be read from the object store: {exc.message}"
+            raise JobFailed(JobErrorCode.STORAGE_UNAVAILABLE, message) from None
 
     def _manifests_now(self) -> ManifestStore:
         if self._manifests is None:
