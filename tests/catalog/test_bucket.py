@@ -165,3 +165,14 @@ def test_forgetting_a_pulled_model_removes_its_files_and_stamp(tmp_path: Path) -
 
     assert local_path(tmp_path / "b", ModelKind.VAE, "v") is None
     assert not forget_pulled(tmp_path / "b", ModelKind.VAE, "v")
+
+
+def test_a_manifest_that_disagrees_with_the_blob_fails_on_either_store(blobs: BlobStore, tmp_path: Path) -> None:
+    manifest = publish_model(blobs, make_file_model(tmp_path / "a", ModelKind.CHECKPOINT, "m"))
+    [file] = manifest.files
+    lying = ModelManifest(False, (ManifestFile("", file.size + 1, file.sha256),))
+
+    with pytest.raises(ModelHashMismatchError, match=f"expected {file.size + 1} bytes"):
+        pull_model(blobs, lying, tmp_path / "b", ModelKind.CHECKPOINT, "m")
+
+    assert find_model(tmp_path / "b", "m") is None
