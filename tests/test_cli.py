@@ -158,6 +158,32 @@ def test_models_make_tiny_writes_a_loadable_model_and_registers_it(
     assert "not a valid model id" in capsys.readouterr().err
 
 
+def test_models_make_tiny_honours_the_models_dir_and_publishes_to_the_object_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sdserver.catalog.layout import find_model
+    from sdserver.catalog.manifests import ManifestStore
+    from sdserver.catalog.registry import ModelKind
+    from sdserver.cli import main
+    from sdserver.config import Settings
+    from sdserver.database import create_db_engine
+
+    for name in [name for name in os.environ if name.startswith("SDSERVER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SDSERVER_MODELS_DIR", str(tmp_path / "shared"))
+    monkeypatch.setenv("SDSERVER_MODELS_IN_OBJECT_STORE", "yes")
+    assert main(["models", "make-tiny", "pub", "--data-dir", str(tmp_path / "data")]) == 0
+
+    assert find_model(tmp_path / "shared", "pub") is not None
+    assert not (tmp_path / "data" / "models").exists()
+    engine = create_db_engine(Settings(data_dir=tmp_path / "data").sql_url)
+    published = ManifestStore(engine).lookup(ModelKind.CHECKPOINT, "pub")
+    engine.dispose()
+    assert published is not None and published.manifest is not None
+    blobs = tmp_path / "data" / "objects" / "models" / "sha256"
+    assert {file.sha256 for file in published.manifest.files} <= {blob.name for blob in blobs.iterdir()}
+
+
 def test_models_make_tiny_writes_each_family_in_either_form_and_says_what_it_detected(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

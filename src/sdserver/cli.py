@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdserver import __version__
 from sdserver.auth import KeyStore, Role
@@ -16,6 +16,9 @@ from sdserver.config import Settings
 from sdserver.database import create_db_engine
 from sdserver.engines.diffusion.tiny_families.names import FOLDER_ONLY, TinyFamily
 from sdserver.errors import SdError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine as DbEngine
 
 log = logging.getLogger("sdserver")
 
@@ -48,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id", type=int)
     _add_data_dir(revoke)
 
-    models = commands.add_parser("models", help="manage diffusion models under <data-dir>/models")
+    models = commands.add_parser("models", help="manage diffusion models in the models folder (SDSERVER_MODELS_DIR)")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     tiny = model_commands.add_parser("make-tiny", help="write a tiny random-weight model (its outputs are noise)")
     tiny.add_argument("name", help="model id to create (letters, digits, '.', '_', '-')")
@@ -120,6 +123,18 @@ def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish_model(settings: Settings, db: DbEngine, model_id: str, path: Path) -> None:
+    """Upload a new model to the object store when models live there too, as a load job does."""
+    from sdserver.catalog.manifests import ManifestStore
+    from sdserver.catalog.registry import ModelKind
+    from sdserver.engines.model_files import ModelFiles
+    from sdserver.worker.main import build_object_store
+
+    ModelFiles(settings, build_object_store(settings, db), ManifestStore(db)).publish(
+        ModelKind.CHECKPOINT, model_id, path
+    )
+
+
 def run_models_command(settings: Settings, args: argparse.Namespace) -> int:
     """`models make-tiny NAME`: a tiny seeded model, registered as ready, for trying the API without weights."""
     from sdserver.catalog.families import detect_source_family
@@ -140,12 +155,14 @@ def run_models_command(settings: Settings, args: argparse.Namespace) -> int:
     # The registry's format names, as load_model records them.
     model_format = "safetensors" if args.single_file else "diffusers"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    registry = ModelRegistry(create_db_engine(settings.sql_url))
+    db = create_db_engine(settings.sql_url)
+    registry = ModelRegistry(db)
     flags = " --single-file" if args.single_file else ""
     source = f"sdserver models make-tiny --family {family.value}{flags} --seed {args.seed}"
     registry.begin_load(ModelKind.CHECKPOINT, args.name, source=source, format=model_format)
-    models_dir = models_dir_for(settings.data_dir)
+    models_dir = models_dir_for(settings)
     path = make_tiny_family_model(models_dir, args.name, family, single_file=args.single_file, seed=args.seed)
+    _publish_model(settings, db, args.name, path)
     files = [path] if path.is_file() else [entry for entry in path.rglob("*") if entry.is_file()]
     registry.mark_ready(ModelKind.CHECKPOINT, args.name, format=model_format, size=sum(f.stat().st_size for f in files))
     stored = find_model(models_dir, args.name)

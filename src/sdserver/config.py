@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     # Model downloads (load_model): largest file accepted, and local folders a `url` may point into.
     model_download_max_bytes: int = Field(default=20 * 1024 * MIB, ge=MIB)
     model_import_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # Where model files live (default `<data_dir>/models`). Boxes that mount one shared folder here (NFS, SMB, a
+    # cloud file system) all see every model loaded through any of them.
+    models_dir: Path | None = None
+    # Publish each loaded model to the object store (content-addressed, sha256-verified) so workers on boxes with
+    # their own disks pull it on first use. auto: when the object store is S3; yes: also the local folder; no: never.
+    models_in_object_store: Literal["auto", "yes", "no"] = "auto"
     # Appended to the prompt when a request says `enhance_prompt: yes`.
     enhance_prompt_suffix: str = ", highly detailed, sharp focus, intricate details, professional lighting"
     # open_nsfw score at or above which an image counts as NSFW (safety checker and nsfw_image_check default).
@@ -151,6 +157,11 @@ class Settings(BaseSettings):
     @property
     def objects_dir(self) -> Path:
         return self.data_dir / "objects"
+
+    @property
+    def models_path(self) -> Path:
+        """The models folder every engine, the API catalog and the CLI use."""
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
 
 
 @dataclass(frozen=True)

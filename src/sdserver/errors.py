@@ -170,6 +170,9 @@ class JobErrorCode(StrEnum):
     MODEL_DELETED = "model_deleted"
     UNSUPPORTED_MODEL = "unsupported_model"
     MODEL_WEIGHTS_MISSING = "model_weights_missing"
+    # Bucket-backed models: a file could not be pulled, or its bytes differ from the manifest (nothing installed).
+    MODEL_PULL_FAILED = "model_pull_failed"
+    MODEL_HASH_MISMATCH = "model_hash_mismatch"
     UNSUPPORTED_WEIGHTS = "unsupported_weights"
     CONTROLNET_NOT_FOUND = "controlnet_not_found"
     ADDON_NOT_FOUND = "addon_not_found"

@@ -14,7 +14,6 @@ from PIL import Image
 
 from sdserver.api.aliases import CONTROLNET_PATHS
 from sdserver.auth import Role
-from sdserver.catalog.layout import models_dir_for
 from sdserver.worker.supervisor import WorkerSupervisor
 from tests.support.image_files import png_bytes
 from tests.support.live_server import LiveServer, make_settings, run_server
@@ -31,7 +30,7 @@ SECOND_CONTROLNET = "canny"  # named after its type: auto_hint finds the preproc
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A live API and one real worker process (supervised) running the diffusers engine."""
     data_dir = tmp_path_factory.mktemp("controlnet-api")
-    models = models_dir_for(data_dir)
+    models = data_dir / "models"
     make_tiny_model(models, MODEL)
     make_tiny_model(models, INPAINTING_MODEL, inpainting=True)
     make_tiny_controlnet(models, CONTROLNET, seed=1)

@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from sdserver.auth import Role
-from sdserver.catalog.layout import models_dir_for
 from sdserver.worker.supervisor import WorkerSupervisor
 from tests.support.image_files import png_bytes
 from tests.support.live_server import LiveServer, make_settings, run_server
@@ -26,7 +25,7 @@ MODEL = "tiny-sd"
 def generation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A live API and one real worker process (supervised) running the diffusers engine on a tiny model."""
     data_dir = tmp_path_factory.mktemp("generation")
-    make_tiny_model(models_dir_for(data_dir), MODEL)
+    make_tiny_model(data_dir / "models", MODEL)
     settings = make_settings(data_dir, engines=["diffusers"], sync_wait_s=60.0, worker_poll_s=0.05)
     with run_server(settings) as live:
         supervisor = WorkerSupervisor(settings, 1, log_level="warning")

@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from sdserver.auth import Role
-from sdserver.catalog.layout import models_dir_for
 from sdserver.worker.supervisor import WorkerSupervisor
 from tests.support.live_server import LiveServer, make_settings, run_server
 from tests.support.tiny_addons import make_tiny_embedding, make_tiny_lora, make_tiny_vae
@@ -26,7 +25,7 @@ PATH = "/api/v1/enterprise/text2img"
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     data_dir = tmp_path_factory.mktemp("generation-features")
-    models = models_dir_for(data_dir)
+    models = data_dir / "models"
     make_tiny_model(models, MODEL)
     make_tiny_lora(models, "detail")
     make_tiny_vae(models, "other-vae")

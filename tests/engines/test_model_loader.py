@@ -77,7 +77,7 @@ class Loader:
 
     @property
     def models_dir(self) -> Path:
-        return models_dir_for(self.settings.data_dir)
+        return models_dir_for(self.settings)
 
     def run(self, job: Job, steps: Steps | None = None) -> dict[str, Any]:
         params = job.params_as(ModelLoadParams)

@@ -49,6 +49,9 @@ def test_settings_round_trip_through_the_environment(tmp_path: Path, monkeypatch
         job_lease_s=1.5,
         real_status_codes=True,
         storage="local",
+        model_import_dirs=[tmp_path.resolve() / "imports"],
+        models_dir=tmp_path.resolve() / "shared-models",
+        models_in_object_store="yes",
     )
     env = settings_to_env(settings)
     assert env["SDSERVER_ENGINES"] == '["test", "upscale"]'

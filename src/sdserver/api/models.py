@@ -1,4 +1,4 @@
-"""Which model ids the API accepts and lists: models on disk under `<data_dir>/models/` plus the model registry."""
+"""Which model ids the API accepts and lists: models in the models folder plus the model registry."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sdserver.catalog.files import ADDON_KINDS, addon_on_disk
 from sdserver.catalog.ids import UPSCALER_MODELS, is_valid_model_id
-from sdserver.catalog.layout import find_addon, find_model, list_addons, list_models, models_dir_for
+from sdserver.catalog.layout import AddonKind, find_addon, find_model, list_addons, list_models, models_dir_for
 from sdserver.catalog.registry import ModelKind, ModelRecord, ModelRegistry, ModelState
 from sdserver.config import Settings
 from sdserver.jobs import TEST_MODEL_PREFIX
@@ -30,11 +30,11 @@ class ModelEntry:
 class ModelCatalog:
     """Generation models: diffusers folders and checkpoints on disk, ready registry rows (a worker on another
     host may hold the files), and the test engine's when enabled. Upscalers: the official ids plus weight files
-    under `<data_dir>/models/upscalers/`. A model still loading is not accepted until it is ready."""
+    under `<models dir>/upscalers/`. A model still loading is not accepted until it is ready."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry | None = None):
         self._test_models = "test" in settings.engines
-        self._models_dir = models_dir_for(settings.data_dir)
+        self._models_dir = models_dir_for(settings)
         self._upscalers_dir = self._models_dir / "upscalers"
         self._registry = registry
 
@@ -56,6 +56,12 @@ class ModelCatalog:
             return False
         on_disk = any((self._upscalers_dir / f"{model_id}{suffix}").is_file() for suffix in _WEIGHT_SUFFIXES)
         return on_disk or self._ready(ModelKind.UPSCALER, model_id)
+
+    def addon_exists(self, kind: AddonKind, addon_id: str) -> bool:
+        """An add-on on this box's disk, or ready in the registry (its files may live on another box or the bucket)."""
+        if find_addon(self._models_dir, kind, addon_id) is not None:
+            return True
+        return any(self._ready(model_kind, addon_id) for model_kind, addon in ADDON_KINDS.items() if addon is kind)
 
     def knows(self, model_id: str) -> bool:
         """Any usable model of any kind under this id (what verify_model answers)."""

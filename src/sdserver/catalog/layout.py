@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sdserver.catalog.ids import is_valid_model_id
+
+if TYPE_CHECKING:
+    from sdserver.config import Settings
 
 DIFFUSERS_DIR: Final = "diffusers"
 CHECKPOINTS_DIR: Final = "checkpoints"
@@ -40,8 +43,9 @@ class ModelSource:
             return 0
 
 
-def models_dir_for(data_dir: Path) -> Path:
-    return data_dir / "models"
+def models_dir_for(settings: Settings) -> Path:
+    """The models folder: `SDSERVER_MODELS_DIR` when set (a folder shared by many boxes), else `<data_dir>/models`."""
+    return settings.models_path
 
 
 def find_model(models_dir: Path, model_id: str) -> ModelSource | None:

@@ -1,4 +1,5 @@
-"""The `models` engine: runs model_load jobs (URL download, hub snapshot or local import, then atomic install)."""
+"""The `models` engine: runs model_load jobs (URL download, hub snapshot or local import, then atomic install, then
+publish to the object store when models live there too)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,12 @@ from sdserver.catalog.layout import models_dir_for
 from sdserver.catalog.registry import ModelKind, ModelRegistry
 from sdserver.config import Settings
 from sdserver.engines.base import EngineOutput, JobFailed, StepContext
-from sdserver.errors import FetchError, JobErrorCode
+from sdserver.engines.model_files import ModelFiles
+from sdserver.errors import FetchError, JobErrorCode, StorageError
 from sdserver.job_params import ModelLoadParams
 from sdserver.jobs import Job, JobKind
 from sdserver.netguard import FetchPolicy
+from sdserver.objects.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +66,18 @@ class ModelLoaderEngine:
 
     name: str = "models"
 
-    def __init__(self, settings: Settings, registry: ModelRegistry | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry | None = None,
+        *,
+        objects: ObjectStore | None = None,
+        files: ModelFiles | None = None,
+    ):
         self._settings = settings
-        self._models_dir = models_dir_for(settings.data_dir)
+        self._models_dir = models_dir_for(settings)
         self._registry = registry
+        self._files = files or ModelFiles(settings, objects)
         self._policy = FetchPolicy.from_settings(settings, max_bytes=settings.model_download_max_bytes)
 
     def kinds(self) -> Collection[JobKind]:
@@ -102,7 +113,9 @@ class ModelLoaderEngine:
         report = _Reporter(registry, kind, model_id, ctx)
         try:
             installed = self._fetch_and_install(kind, model_id, params, report)
-        except (FetchError, ModelFileError, OSError) as exc:
+            # Before the row turns ready: a worker on another box may be asked for the model right after.
+            self._files.publish(kind, model_id, installed)
+        except (FetchError, ModelFileError, OSError, StorageError) as exc:
             message = f"Model load failed: {_reason(exc)}"
             registry.mark_failed(kind, model_id, message)
             raise JobFailed(JobErrorCode.MODEL_LOAD_FAILED, message) from None
@@ -204,5 +217,7 @@ def _remove(path: Path) -> None:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, FetchError):
         return exc.reason
+    if isinstance(exc, StorageError):
+        return f"could not publish the model to the object store: {exc}"
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]

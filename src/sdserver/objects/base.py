@@ -6,13 +6,11 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Final, Literal, Protocol, get_args
+from pathlib import Path
+from typing import Final, Literal, Protocol, get_args, runtime_checkable
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from sdserver.errors import NotFoundError, StorageError
-
-if TYPE_CHECKING:
-    pass
 
 ObjectKind = Literal["uploads", "outputs", "probes"]
 ImageExt = Literal["png", "jpg", "webp"]
@@ -29,6 +27,11 @@ _DATE = r"[0-9]{4}/[0-9]{2}/[0-9]{2}"
 # Only these characters can appear, so a matching key is never `..`, absolute, or percent-encoded.
 _PERMANENT_KEY = re.compile(rf"(?:{_KINDS})/{_DATE}/[0-9a-f]{{32}}\.(?:{_EXTS})")
 _TEMP_KEY = re.compile(rf"{TEMP_FOLDER}/(?:{_KINDS})/{_DATE}/(?P<created>[0-9]{{10}})-[0-9a-f]{{32}}\.(?:{_EXTS})")
+# Model files: content-addressed by their sha256, so equal files are stored once and a key names exactly one
+# content. Never served under /files (is_server_key is false for them): weights go only to workers.
+MODEL_BLOB_FOLDER: Final = "models/sha256"
+MODEL_BLOB_TYPE: Final = "application/octet-stream"
+_MODEL_BLOB_KEY = re.compile(r"models/sha256/[0-9a-f]{64}")
 _DIGITS = re.compile(r"[0-9]{1,12}")
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -55,6 +58,27 @@ class ObjectStore(Protocol):
     def key_from_url(self, url: str) -> str | None: ...
     def purge_expired(self, now: datetime | None = None) -> int: ...
     def probe(self) -> None: ...
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Large files (model weights) streamed between a path on disk and a model-blob key, never held in memory."""
+
+    def put_blob(self, key: str, source: Path) -> None: ...
+    def get_blob(self, key: str, target: Path) -> None: ...
+    def has_blob(self, key: str) -> bool: ...
+
+
+def model_blob_key(sha256: str) -> str:
+    """The key of the model file with this sha256 (hex): `models/sha256/<hex>`."""
+    return check_model_blob_key(f"{MODEL_BLOB_FOLDER}/{sha256}")
+
+
+def check_model_blob_key(key: str) -> str:
+    """Refuse anything but a model-blob key: the hex digest is the only variable part, so no path tricks."""
+    if not isinstance(key, str) or not _MODEL_BLOB_KEY.fullmatch(key):
+        raise ValueError(f"not a model blob key: {key!r}")
+    return key
 
 
 def make_object_key(kind: ObjectKind, ext: ImageExt, *, temp: bool, now: datetime | None = None) -> str:

@@ -7,6 +7,7 @@ import glob
 import hashlib
 import hmac
 import os
+import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from sdserver.objects.base import (
     as_utc,
     check_content_type,
     check_key,
+    check_model_blob_key,
     is_server_key,
     is_temp_key,
     probe_store,
@@ -74,6 +76,30 @@ class LocalObjectStore:
         except OSError as exc:
             raise StorageError(f"Could not delete object {key}: {exc.strerror or exc}") from exc
 
+    # --- BlobStore: model files, copied in chunks (they may be many GiB)
+
+    def put_blob(self, key: str, source: Path) -> None:
+        path = self.root.joinpath(*check_model_blob_key(key).split("/"))
+        if path.is_file() and path.stat().st_size == source.stat().st_size:
+            return  # content-addressed: same key, same bytes
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _copy_atomically(source, path)
+        except OSError as exc:
+            raise StorageError(f"Could not write object {key}: {exc.strerror or exc}") from exc
+
+    def get_blob(self, key: str, target: Path) -> None:
+        path = self.root.joinpath(*check_model_blob_key(key).split("/"))
+        try:
+            shutil.copyfile(path, target)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"No such object: {key}") from exc
+        except OSError as exc:
+            raise StorageError(f"Could not read object {key}: {exc.strerror or exc}") from exc
+
+    def has_blob(self, key: str) -> bool:
+        return self.root.joinpath(*check_model_blob_key(key).split("/")).is_file()
+
     def url_for(self, key: str) -> str:
         expires_at = temp_expires_at(check_key(key), self._ttl_s)
         if expires_at is None:
@@ -120,6 +146,19 @@ class LocalObjectStore:
 
     def _sign(self, key: str, expires: int) -> str:
         return hmac.new(self._secret, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def _copy_atomically(source: Path, path: Path) -> None:
+    """Copy to a temp file beside `path`, then rename: a reader never sees half a model file."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
@@ -15,11 +16,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sdserver.errors import NotFoundError, StorageError
 from sdserver.objects.base import (
     MAX_PRESIGN_S,
+    MODEL_BLOB_TYPE,
     TEMP_FOLDER,
     StoredObject,
     as_utc,
     check_content_type,
     check_key,
+    check_model_blob_key,
     is_server_key,
     is_temp_key,
     probe_store,
@@ -146,6 +149,30 @@ class S3ObjectStore:
         # S3 deletes are idempotent: a missing key is a success.
         with _s3_errors("delete", check_key(key)):
             self._client.delete_object(Bucket=self._bucket, Key=self._prefix + key)
+
+    # --- BlobStore: model files, streamed with boto3's managed (multipart) transfers
+
+    def put_blob(self, key: str, source: Path) -> None:
+        check_model_blob_key(key)
+        if self.has_blob(key):
+            return  # content-addressed: same key, same bytes
+        with _s3_errors("write", key):
+            self._client.upload_file(
+                str(source), self._bucket, self._prefix + key, ExtraArgs={"ContentType": MODEL_BLOB_TYPE}
+            )
+
+    def get_blob(self, key: str, target: Path) -> None:
+        with _s3_errors("read", check_model_blob_key(key)):
+            self._client.download_file(self._bucket, self._prefix + key, str(target))
+
+    def has_blob(self, key: str) -> bool:
+        check_model_blob_key(key)
+        try:
+            with _s3_errors("look up", key):
+                self._client.head_object(Bucket=self._bucket, Key=self._prefix + key)
+        except NotFoundError:
+            return False
+        return True
 
     def url_for(self, key: str) -> str:
         temp = is_temp_key(check_key(key))

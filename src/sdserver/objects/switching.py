@@ -6,10 +6,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 from sdserver.config import S3Config, Settings
 from sdserver.errors import NotFoundError
-from sdserver.objects.base import ObjectStore, StoredObject
+from sdserver.objects.base import BlobStore, ObjectStore, StoredObject
 from sdserver.objects.config import StorageSettingSource
 from sdserver.objects.local import LocalObjectStore
 
@@ -91,6 +92,21 @@ class SwitchingObjectStore:
     def url_for(self, key: str) -> str:
         return self._active.url_for(key)
 
+    # --- BlobStore: written to the active store; read from the first store that has the blob
+
+    def put_blob(self, key: str, source: Path) -> None:
+        _blobs(self._active).put_blob(key, source)
+
+    def get_blob(self, key: str, target: Path) -> None:
+        for store in self._stores():
+            if isinstance(store, BlobStore) and store.has_blob(key):
+                store.get_blob(key, target)
+                return
+        raise NotFoundError(f"No such object: {key}")
+
+    def has_blob(self, key: str) -> bool:
+        return any(isinstance(store, BlobStore) and store.has_blob(key) for store in self._stores())
+
     def key_from_url(self, url: str) -> str | None:
         for store in self._stores():
             key = store.key_from_url(url)
@@ -107,6 +123,12 @@ class SwitchingObjectStore:
 
     def probe(self) -> None:
         self._active.probe()
+
+
+def _blobs(store: ObjectStore) -> BlobStore:
+    if not isinstance(store, BlobStore):
+        raise TypeError(f"{type(store).__name__} cannot hold model files")
+    return store
 
 
 def build_store(settings: Settings, config: S3Config | None, *, signing_secret: bytes) -> ObjectStore:

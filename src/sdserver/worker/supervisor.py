@@ -54,7 +54,10 @@ def _env_value(value: object) -> str:
         return str(value.resolve())
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, list | tuple | dict):
+    if isinstance(value, list | tuple):
+        # Lists of paths (model_import_dirs) go as absolute path strings, like single paths.
+        return json.dumps([str(item.resolve()) if isinstance(item, Path) else item for item in value])
+    if isinstance(value, dict):
         return json.dumps(value)
     return str(value)
 

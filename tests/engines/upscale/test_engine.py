@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from sdserver.engines.upscale.archs import OFFICIAL_MODELS, ArchSpec
 from sdserver.engines.upscale.engine import UpscaleEngine, weights_folder
 from sdserver.engines.upscale.tiny import write_official_weights, write_weights
 from sdserver.errors import JobErrorCode
-from sdserver.job_params import SuperResolutionParams
+from sdserver.job_params import ModelLoadParams, SuperResolutionParams
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus
 from sdserver.jobstore.store import JobStore
 from sdserver.objects.base import make_object_key
@@ -109,6 +109,34 @@ def test_claims_super_resolution_for_official_and_dropped_in_models(deployment: 
     assert not engine.handles(deployment.job("nonexistent", key))
     image, meta = deployment.run(deployment.job("4x-Custom", key, 2))
     assert image.size == (16, 16) and meta["model_id"] == "4x-Custom"
+
+
+def test_an_upscaler_loaded_on_another_box_is_claimed_then_pulled_from_the_object_store(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    from sdserver.catalog.files import SOURCE_LOCAL
+    from sdserver.catalog.registry import ModelKind, ModelRegistry
+    from sdserver.engines.model_loader import ModelLoaderEngine
+
+    imports = tmp_path / "imports"
+    write_weights(imports, "4x-Shared", ArchSpec("srvgg", 4, num_conv=2, num_feat=8), "safetensors")
+    shared = {"database_url": f"sqlite:///{tmp_path / 'shared.db'}", "models_in_object_store": "yes"}
+    box_a = make_settings(tmp_path / "box-a").model_copy(update={**shared, "model_import_dirs": [imports]})
+    box_b = make_settings(tmp_path / "box-b").model_copy(update=shared)
+    registry = ModelRegistry(create_db_engine(box_a.sql_url))
+    source = str(imports / "4x-Shared.safetensors")
+    registry.begin_load(ModelKind.UPSCALER, "4x-Shared", source=source)
+    params = ModelLoadParams("upscaler", SOURCE_LOCAL, source)
+    load = replace(deployment.job("4x-Shared", "unused"), kind=JobKind.MODEL_LOAD, params=params)
+    ModelLoaderEngine(box_a, registry, objects=deployment.objects).run([load], lambda _: Steps())
+    engine_b = UpscaleEngine(box_b, deployment.objects, precision="fp32", tile=32)
+
+    assert "4x-Shared" in engine_b.models(), "box B must claim a model it has not pulled yet"
+    key = deployment.put_input(smooth_image(8, 8))
+    [output] = engine_b.run([deployment.job("4x-Shared", key, 2)], lambda _: Steps())
+
+    assert Image.open(io.BytesIO(output.images[0])).size == (16, 16)
+    assert (weights_folder(box_b) / "4x-Shared.safetensors").is_file()
 
 
 def test_runs_a_job_and_reports_meta_progress_and_held_models(deployment: Deployment) -> None:

@@ -16,7 +16,7 @@ from sdserver.api.schemas_controlnet import ControlNetRequest, ResolvedControlNe
 from sdserver.api.schemas_generation import ResolvedGeneration
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
-from sdserver.catalog.layout import AddonKind, find_addon, models_dir_for
+from sdserver.catalog.layout import AddonKind
 from sdserver.job_params import JobReply
 from sdserver.jobs import JobKind
 
@@ -28,11 +28,10 @@ _IMAGE_FIELDS = ("init_image", "control_image", "mask_image")
 
 async def controlnet(request: Request, services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
     body = validate_request(ControlNetRequest, params.values)
-    models_dir = models_dir_for(services.settings.data_dir)
     resolved, control = resolve_controlnet(
         body,
         model_id=model_id_for(services, body.model_id),
-        controlnet_exists=lambda controlnet_id: find_addon(models_dir, AddonKind.CONTROLNET, controlnet_id) is not None,
+        controlnet_exists=lambda controlnet_id: services.models.addon_exists(AddonKind.CONTROLNET, controlnet_id),
         enhance_suffix=services.settings.enhance_prompt_suffix,
     )
     check_addons_exist(services, resolved)

@@ -42,12 +42,12 @@ def model_id_for(services: Services, requested: str | None) -> str:
 
 
 def check_addons_exist(services: Services, resolved: ResolvedGeneration) -> None:
-    """Every LoRA, VAE and embedding id the request names must be on disk now (a clear error beats a failed job)."""
-    data_dir = services.settings.data_dir
+    """Every LoRA, VAE and embedding id the request names must exist now (a clear error beats a failed job)."""
+    catalog = services.models
     params = resolved.params
-    require_addons(data_dir, AddonKind.LORA, "lora_model", [lora for lora, _ in params.loras])
-    require_addons(data_dir, AddonKind.VAE, "vae", [params.vae] if params.vae else [])
-    require_addons(data_dir, AddonKind.EMBEDDING, "embeddings_model", list(params.embeddings))
+    require_addons(catalog, AddonKind.LORA, "lora_model", [lora for lora, _ in params.loras])
+    require_addons(catalog, AddonKind.VAE, "vae", [params.vae] if params.vae else [])
+    require_addons(catalog, AddonKind.EMBEDDING, "embeddings_model", list(params.embeddings))
 
 
 async def _with_input_images(

@@ -30,6 +30,7 @@ from sdserver.api.schemas_models import (
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
 from sdserver.catalog.files import remove_model_files
+from sdserver.catalog.manifests import ManifestStore
 from sdserver.catalog.registry import ModelKind, ModelState
 from sdserver.errors import JobErrorCode, ModelNotFoundError, SdError
 from sdserver.job_params import JobReply, ModelLoadParams
@@ -134,6 +135,8 @@ def _delete(services: Services, model_id: str, only: ModelKind | None) -> list[M
         if record is not None and record.state is ModelState.LOADING and record.job_id is not None:
             services.jobs.cancel(record.job_id, owner_key_id=None)
         services.registry.delete(kind, model_id)
+        # Blobs stay (content-addressed, maybe shared); workers that pulled the model drop their copy on next use.
+        ManifestStore(services.engine).delete(kind, model_id)
         remove_model_files(services.models.models_dir, kind, model_id)
         waiting = _JOBS_NEEDING.get(kind)
         if waiting and kind not in services.models.kinds_of(model_id):

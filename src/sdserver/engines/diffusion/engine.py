@@ -14,11 +14,13 @@ import torch
 
 from sdserver.catalog.ids import is_valid_model_id
 from sdserver.catalog.layout import ModelSource, find_model, list_models, models_dir_for
+from sdserver.catalog.registry import ModelKind
 from sdserver.engines.base import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobFailed, StepContext
 from sdserver.engines.diffusion.controlnet import ControlNetCache, run_controlnet_job
 from sdserver.engines.diffusion.loader import LoadedModel, load_model
 from sdserver.engines.diffusion.pipelines import run_job
 from sdserver.engines.lru import FingerprintLRU
+from sdserver.engines.model_files import ModelFiles
 from sdserver.engines.precision import Placement, PrecisionSetting, choose_placement
 from sdserver.errors import JobErrorCode
 from sdserver.jobs import Job, JobKind
@@ -41,9 +43,9 @@ MemoryProbe = Callable[[], int | None]
 
 
 class DiffusionEngine:
-    """Serves diffusers models found under `settings.data_dir/models`. Keeps up to `max_loaded` models in memory,
-    fewer when the device lacks room for the next one (least recently used goes first); one loaded model serves
-    every kind with the same weights."""
+    """Serves diffusers models from the models folder (pulled into it from the object store when published there).
+    Keeps up to `max_loaded` models in memory, fewer when the device lacks room for the next one (least recently
+    used goes first); one loaded model serves every kind with the same weights."""
 
     name: str = "diffusers"
 
@@ -56,10 +58,11 @@ class DiffusionEngine:
         precision: PrecisionSetting = "auto",
         device: str | None = None,
         memory_probe: MemoryProbe | None = None,
+        files: ModelFiles | None = None,
     ) -> None:
         if max_loaded < 1:
             raise ValueError(f"max_loaded must be at least 1, got {max_loaded}")
-        self._models_dir = models_dir_for(settings.data_dir)
+        self._models_dir = models_dir_for(settings)
         self._nsfw_threshold = settings.nsfw_threshold
         self._objects = objects
         self.placement: Placement = choose_placement(precision, device)
@@ -67,6 +70,7 @@ class DiffusionEngine:
         self._loaded: FingerprintLRU[str, LoadedModel] = FingerprintLRU(max_loaded)
         self._scan: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
         self._controlnets = ControlNetCache(self._models_dir, self.placement)
+        self._files = files or ModelFiles(settings, objects)
         _quiet_libraries()
 
     def kinds(self) -> Collection[JobKind]:
@@ -80,7 +84,8 @@ class DiffusionEngine:
         now = time.monotonic()
         checked_at, ids = self._scan
         if now - checked_at >= MODELS_SCAN_TTL_S:
-            ids = frozenset(source.model_id for source in list_models(self._models_dir))
+            on_disk = frozenset(source.model_id for source in list_models(self._models_dir))
+            ids = on_disk | self._files.published(ModelKind.CHECKPOINT)
             self._scan = (now, ids)
         return ids
 
@@ -98,6 +103,9 @@ class DiffusionEngine:
         for job in jobs:
             # A cancel that arrived while queued stops the job before any loading.
             ctx(job).step(0, job.steps)
+        for job in jobs:
+            # Files of models loaded on another box come from the object store before anything reads them.
+            self._files.ensure_job(job)
         try:
             model = self._model(jobs[0].model_id)
             return [self._run_one(model, job, ctx(job)) for job in jobs]

@@ -1,4 +1,4 @@
-"""The `upscale` engine: runs SUPER_RESOLUTION jobs with Real-ESRGAN weights from `<data_dir>/models/upscalers/`."""
+"""The `upscale` engine: runs SUPER_RESOLUTION jobs with Real-ESRGAN weights from `<models dir>/upscalers/`."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from typing import Any, Final
 import torch
 from PIL import Image
 
+from sdserver.catalog.layout import AddonKind, addon_dir, models_dir_for
+from sdserver.catalog.registry import ModelKind
 from sdserver.config import Settings
 from sdserver.engines.base import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobFailed, StepContext
 from sdserver.engines.inputs import read_input_image
 from sdserver.engines.lru import FingerprintLRU
+from sdserver.engines.model_files import ModelFiles
 from sdserver.engines.precision import PrecisionSetting, choose_device
 from sdserver.engines.upscale.archs import OFFICIAL_MODELS
 from sdserver.engines.upscale.runner import DEFAULT_TILE_PAD, Upscaler, output_size
@@ -38,7 +41,7 @@ FACE_ENHANCE_MESSAGE: Final = (
 
 
 def weights_folder(settings: Settings) -> Path:
-    return settings.data_dir / "models" / "upscalers"
+    return addon_dir(models_dir_for(settings), AddonKind.UPSCALER)
 
 
 class UpscaleEngine:
@@ -59,6 +62,7 @@ class UpscaleEngine:
         tile_batch: int = 1,
         max_loaded: int = 2,
         max_input_pixels: int | None = None,
+        files: ModelFiles | None = None,
     ) -> None:
         self._objects = objects
         self._folder = weights_folder(settings)
@@ -71,6 +75,7 @@ class UpscaleEngine:
         self._loaded: FingerprintLRU[str, Upscaler] = FingerprintLRU(max(1, max_loaded))
         self._scanned_at = -float("inf")
         self._scanned: frozenset[str] = frozenset()
+        self._files = files or ModelFiles(settings, objects)
 
     def kinds(self) -> Collection[JobKind]:
         return frozenset({JobKind.SUPER_RESOLUTION})
@@ -82,7 +87,8 @@ class UpscaleEngine:
         now = time.monotonic()
         with self._lock:
             if now - self._scanned_at >= SCAN_INTERVAL_S:
-                self._scanned = frozenset(OFFICIAL_MODELS) | frozenset(list_weight_ids(self._folder))
+                on_disk = frozenset(OFFICIAL_MODELS) | frozenset(list_weight_ids(self._folder))
+                self._scanned = on_disk | self._files.published(ModelKind.UPSCALER)
                 self._scanned_at = now
             return self._scanned
 
@@ -125,6 +131,7 @@ class UpscaleEngine:
 
     def upscaler(self, model_id: str) -> Upscaler:
         """The loaded network for `model_id`, loading it (and evicting the oldest) if needed."""
+        self._files.ensure(ModelKind.UPSCALER, model_id)
         path = find_weights(self._folder, model_id)
         if path is None:
             raise JobFailed(
