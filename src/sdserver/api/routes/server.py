@@ -87,8 +87,10 @@ async def system_details(services: ServicesDep, _admin: AdminDep) -> dict[str, A
 
 
 async def schedulers_list(_caller: CallerDep) -> dict[str, Any]:
-    # The contract's names in its order; those that cannot sample a Stable Diffusion model are left out.
-    return {"status": "success", "schedulers": [name for name in SCHEDULER_NAMES if name in SAMPLING_SCHEDULERS]}
+    # The contract's names in its order (those that cannot sample a Stable Diffusion model left out), then the
+    # ones we run beyond the contract.
+    contract = [name for name in SCHEDULER_NAMES if name in SAMPLING_SCHEDULERS]
+    return {"status": "success", "schedulers": contract + sorted(SAMPLING_SCHEDULERS - set(SCHEDULER_NAMES))}
 
 
 async def clear_cache(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
