@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sdserver.errors import JobErrorCode
+from sdserver.errors import JobErrorCode, ValidationError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
