@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sdserver.errors import JobErrorCode
+from sdserver.errors import JobErrorCode, ValidationError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -22,3 +22,10 @@ def test_every_code_is_listed_in_the_readme() -> None:
     section = text[text.index("**Failed jobs**") :].split("\n- ", 1)[0]
     undocumented = [code.value for code in JobErrorCode if f"`{code.value}`" not in section]
     assert undocumented == [], f"add {undocumented} to the README's Failed jobs list"
+
+
+def test_a_missing_value_reads_got_nothing_and_others_are_quoted() -> None:
+    assert ValidationError.for_field("prompt", "is required", None).message == "prompt: is required, got nothing"
+    assert ValidationError.for_field("crop", "must be a flag", "maybe").message == "crop: must be a flag, got 'maybe'"
+    long = ValidationError.for_field("prompt", "is too long", "x" * 200).message
+    assert long.endswith("...") and len(long) < 120

@@ -321,7 +321,7 @@ def test_load_from_base64_and_data_url() -> None:
     [
         ("", ValidationError, "init_image: is required, got ''"),
         ("   ", ValidationError, "is required"),
-        (None, ValidationError, "is required, got None"),
+        (None, ValidationError, "is required, got nothing"),
         (123, ValidationError, "is required, got 123"),
         ("not base64 at all!!", NotBase64Error, "not valid base64"),
         ("data:image/png;base64," + b64(html_as_png()), UnsupportedImageTypeError, "HTML"),

@@ -16,6 +16,7 @@ from sdserver.config import Settings
 from sdserver.database import create_db_engine
 from sdserver.engines.diffusion.tiny_families.names import FOLDER_ONLY, TinyFamily
 from sdserver.errors import SdError
+from sdserver.logs import LOG_FORMATS, LogFormat, configure_logging, uvicorn_log_config
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine as DbEngine
@@ -34,10 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(serve)
     serve.add_argument("--workers", type=int, help="local worker processes to start (default 1; 0: API only)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="text", choices=LOG_FORMATS, help="text lines (default) or JSON lines")
 
     worker = commands.add_parser("worker", help="run one worker process (owns the device) against the job store")
     _add_data_dir(worker)
     worker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    worker.add_argument("--log-format", default="text", choices=LOG_FORMATS, help="text lines (default) or JSON lines")
 
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -90,9 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         if args.command == "serve":
-            return serve(settings, log_level=args.log_level)
+            return serve(settings, log_level=args.log_level, log_format=args.log_format)
         if args.command == "worker":
-            return worker(settings, log_level=args.log_level)
+            return worker(settings, log_level=args.log_level, log_format=args.log_format)
         if args.command == "models":
             return run_models_command(settings, args)
         return run_keys_command(settings, args)
@@ -195,19 +198,19 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def serve(settings: Settings, *, log_level: str = "info") -> int:
+def serve(settings: Settings, *, log_level: str = "info", log_format: LogFormat = "text") -> int:
     import uvicorn
 
     from sdserver.api.app import create_app
     from sdserver.api.services import Services
     from sdserver.worker.supervisor import WorkerSupervisor
 
-    _configure_logging(log_level)
+    configure_logging(log_level, log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     services = Services.build(settings)
     ensure_admin_key(settings, services.keys)
     app = create_app(settings, services)
-    supervisor = WorkerSupervisor(settings, settings.workers, log_level=log_level)
+    supervisor = WorkerSupervisor(settings, settings.workers, log_level=log_level, log_format=log_format)
     supervisor.start()
     log.info(
         "serving on %s with %d local worker(s) (data in %s)",
@@ -224,6 +227,7 @@ def serve(settings: Settings, *, log_level: str = "info") -> int:
             host=settings.host,
             port=settings.port,
             log_level=log_level,
+            log_config=uvicorn_log_config(),
             proxy_headers=True,
             limit_concurrency=settings.max_connections,
         )
@@ -236,16 +240,12 @@ def serve(settings: Settings, *, log_level: str = "info") -> int:
     return 0
 
 
-def worker(settings: Settings, *, log_level: str = "info") -> int:
+def worker(settings: Settings, *, log_level: str = "info", log_format: LogFormat = "text") -> int:
     from sdserver.worker.main import run_worker
 
-    _configure_logging(log_level)
+    configure_logging(log_level, log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return run_worker(settings)
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 if __name__ == "__main__":

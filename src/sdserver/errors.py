@@ -114,7 +114,14 @@ class NotFoundError(SdError):
 
 class ModelNotFoundError(SdError):
     code = "model_not_found"
+    # Clients match the vendor's exact message; the id goes in the per-field bag.
     default_message = "Model id not found"
+
+    @classmethod
+    def for_id(cls, model_id: str, field: str = "model_id") -> ModelNotFoundError:
+        return cls(
+            field_errors={field: [f"no model {show_value(model_id)} on this server (get_all_models lists them)"]}
+        )
 
 
 class UnsupportedModelError(SdError):
@@ -193,5 +200,8 @@ class JobErrorCode(StrEnum):
 
 
 def show_value(value: object, limit: int = 60) -> str:
+    """How an error message quotes the value a client sent: repr, shortened; a missing value is "nothing"."""
+    if value is None:
+        return "nothing"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

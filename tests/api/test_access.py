@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ def image_b64() -> str:
     return base64.b64encode(png_bytes(8, 8)).decode()
 
 
-@pytest.mark.parametrize("source", ["body", "header", "bearer", "query", "form"])
+@pytest.mark.parametrize("source", ["body", "header", "bearer", "query", "form", "json-labelled-form"])
 def test_the_key_is_accepted_from_every_source(
     local_server: LiveServer, user_key: str, http: httpx.Client, source: str
 ) -> None:
@@ -32,8 +33,12 @@ def test_the_key_is_accepted_from_every_source(
         response = http.post(url, json=body, headers={"Authorization": f"Bearer {user_key}"})
     elif source == "query":
         response = http.post(url, json=body, params={"key": user_key})
-    else:
+    elif source == "form":
         response = http.post(url, data={**body, "key": user_key})
+    else:
+        # What `curl -d '{...}'` sends: a JSON body under curl's default form content type.
+        raw = json.dumps({**body, "key": user_key}).encode()
+        response = http.post(url, content=raw, headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert response.json()["status"] == "success"
 
 

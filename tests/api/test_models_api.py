@@ -236,6 +236,8 @@ def test_delete_removes_files_and_row_and_verify_then_says_not_found(
     assert models_server.services.registry.get(ModelKind.LORA, "ink") is None
     gone = call(http, models_server, "verify_model", admin, model_id="ink")
     assert gone["status"] == "error" and gone["message"] == "Model id not found"
+    # The vendor's exact message, and the id named in the field bag.
+    assert gone["errors"] == {"model_id": ["no model 'ink' on this server (get_all_models lists them)"]}
     again = call(http, models_server, "delete_model", admin, model_id="ink")
     assert again["status"] == "error" and again["message"] == "Model id not found"
 

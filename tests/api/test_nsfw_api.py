@@ -110,7 +110,7 @@ def test_an_allow_listed_http_url_is_fetched_and_checked(
         ({"threshold": 1.5}, "threshold: must be between 0 and 1, got 1.5"),
         ({"threshold": -0.25}, "threshold: must be between 0 and 1, got -0.25"),
         ({"threshold": "high"}, "threshold: must be a number, got 'high'"),
-        ({"init_image": None}, "init_image: is required, got None"),
+        ({"init_image": None}, "init_image: is required, got nothing"),
         ({"init_image": "null"}, "init_image: is required, got 'null'"),
         ({"init_image": "not an image!"}, "init_image: not valid base64 or a data URL"),
         ({"init_image": "http://10.0.0.1/cat.png"}, "Unable to fetch image from provided URL"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 from fastapi.routing import APIRoute
@@ -39,9 +41,22 @@ def test_every_route_but_health_docs_and_files_needs_a_key(local_server: LiveSer
     assert checked > 50, "the walk should cover every alias"
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/docs", "/openapi.json"])
+@pytest.mark.parametrize("path", ["/healthz", "/docs", "/redoc", "/openapi.json"])
 def test_public_routes_answer_without_a_key(local_server: LiveServer, http: httpx.Client, path: str) -> None:
     assert http.get(local_server.url(path)).status_code == 200
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_every_asset_from_this_server(local_server: LiveServer, http: httpx.Client, page: str) -> None:
+    html = http.get(local_server.url(page)).text
+    # Every URL in the page is ours: nothing from a CDN, so the docs work on a machine without internet access.
+    urls = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", html)
+    assert urls, html
+    assert not [url for url in urls if re.match(r"(?:https?:)?//", url)], urls
+    for url in urls:
+        if url.startswith("/docs-assets/"):
+            asset = http.get(local_server.url(url))
+            assert asset.status_code == 200 and len(asset.content) > 1000, url
 
 
 def test_openapi_documents_each_endpoint_once_with_its_fields(local_server: LiveServer, http: httpx.Client) -> None:

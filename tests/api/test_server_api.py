@@ -121,6 +121,8 @@ def test_schedulers_list_is_open_to_user_keys(
     assert body["status"] == "success"
     assert body["schedulers"][:2] == ["DDPMScheduler", "DDIMScheduler"]
     assert "DPMSolverMultistepScheduler" in body["schedulers"] and "LCMScheduler" in body["schedulers"]
+    # Beyond the contract's list, what generation accepts too (A1111's "DPM++ SDE").
+    assert body["schedulers"][-1] == "DPMSolverSDEScheduler"
     # Listed by the contract but unable to sample Stable Diffusion: not offered.
     assert not {"KarrasVeScheduler", "ScoreSdeVeScheduler", "DDIMInverseScheduler"} & set(body["schedulers"])
 

@@ -128,7 +128,7 @@ def test_face_enhance_is_never_silently_ignored(upscaler: LiveServer, key: str, 
     [
         ({"scale": 7}, "scale: must be between 1 and 4, got 7.0"),
         ({"model_id": "no-such-upscaler"}, "Model id not found"),
-        ({"url": None}, "url: is required (or init_image), got None"),
+        ({"url": None}, "url: is required (or init_image), got nothing"),
         ({"url": "not an image!"}, "url: not valid base64 or a data URL"),
         ({"url": "http://10.0.0.1/x.png"}, "Unable to fetch image from provided URL"),
         ({"url": "http://169.254.169.254/latest"}, "Unable to fetch image from provided URL"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -339,3 +340,32 @@ def test_the_worker_registers_heartbeats_its_held_models_and_unregisters(tmp_pat
         assert list(info.held_models) == ["test-ok"]
     assert harness.store.live_workers(within_s=60) == []
     close_harness(harness)
+
+
+def test_every_job_event_is_one_log_line_with_id_kind_model_size_steps_and_seconds(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="sdserver.worker.loop")
+    good = harness.submit("test-ok", size=64, steps=4)
+    bad = harness.submit("test-raise")
+    slow = harness.submit("test-slow", steps=50, step_delay_s=0.05)
+    with WorkerThread(harness):
+        harness.wait_terminal(good.id)
+        harness.wait_terminal(bad.id)
+        harness.wait_for(slow.id, lambda job: job.status is JobStatus.RUNNING and job.progress_step >= 1)
+        harness.store.cancel(slow.id, owner_key_id=OWNER)
+        harness.wait_terminal(slow.id)
+    lines = [record.getMessage() for record in caplog.records if record.name == "sdserver.worker.loop"]
+
+    def events(job: Job) -> list[str]:
+        return [line for line in lines if line.startswith(f"job {job.id} ")]
+
+    started, succeeded = events(good)
+    assert started == f"job {good.id} started: text2img model=test-ok 64x64 4 steps"
+    assert re.fullmatch(rf"job {good.id} succeeded: text2img model=test-ok 64x64 4 steps in \d+\.\d s", succeeded)
+    # A failure is logged once, with its code.
+    [_, failed] = events(bad)
+    assert re.fullmatch(
+        rf"job {bad.id} failed \(engine_error\): text2img model=test-raise .* after \d+\.\d s: .*", failed
+    )
+    assert events(slow)[-1].startswith(f"job {slow.id} cancelled: text2img model=test-slow")

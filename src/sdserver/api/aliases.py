@@ -26,6 +26,18 @@ PREFIXES: tuple[str, ...] = (
     "/api/v6/image_editing",
     "/api/v6/realtime",
     "/api/v7/images",
+    "/api/v1/enterprise/realtime",
+)
+
+# The official SDK posts its shared calls (fetch, system_details, restart_server, update, clear_cache,
+# clear_queue) under the prefix of the SDK class the caller holds; these are the classes whose endpoints we serve.
+SDK_CLASS_PREFIXES: tuple[str, ...] = (
+    "/api/v1/enterprise/images",
+    "/api/v1/enterprise/image_editing",
+    "/api/v1/enterprise/realtime",
+    "/api/v6/images",
+    "/api/v6/image_editing",
+    "/api/v6/realtime",
 )
 
 # text2img under each family's own spelling; the first path is the documented one.

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sdserver import __version__
 from sdserver.api.body_limit import BodyLimitMiddleware
+from sdserver.api.docs_pages import install_docs_pages
 from sdserver.api.job_replies import webhook_body
 from sdserver.api.metrics import Metrics, RequestMetricsMiddleware
 from sdserver.api.replies import install_error_handlers, is_stablecog_path
@@ -74,7 +75,11 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         version=__version__,
         description="Self-hosted, drop-in compatible Stable Diffusion API (ModelsLab) and Stablecog upload.",
         lifespan=lifespan,
+        # Served by install_docs_pages from packaged assets: the default pages load Swagger UI from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs_pages(app)
     app.state.services = services
 
     def body_limit_for(path: str) -> int:

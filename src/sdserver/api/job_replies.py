@@ -71,6 +71,7 @@ def processing_body(job: Job, *, base_url: str, eta_s: int, position: int | None
 
 
 def failed_body(job: Job) -> dict[str, Any]:
+    """The vendor's failed shape (`output` ""); no `future_links`: those objects will never exist."""
     message = CANCELLED_MESSAGE if job.status is JobStatus.CANCELLED else (job.error_message or "Job failed")
     return {
         "status": "failed",
@@ -81,7 +82,6 @@ def failed_body(job: Job) -> dict[str, Any]:
         "error_code": JobErrorCode.CANCELLED
         if job.status is JobStatus.CANCELLED
         else (job.error_code or JobErrorCode.FAILED),
-        "future_links": list(job.future_links),
     }
 
 

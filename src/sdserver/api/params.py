@@ -12,7 +12,8 @@ from starlette.requests import ClientDisconnect
 
 from sdserver.errors import ValidationError
 
-_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_URLENCODED = "application/x-www-form-urlencoded"
+_MULTIPART = "multipart/form-data"
 
 
 @dataclass
@@ -46,17 +47,17 @@ async def read_params(request: Request) -> RequestParams:
 async def _read_body(request: Request, content_type: str) -> tuple[dict[str, Any], dict[str, UploadFile]]:
     body: dict[str, Any] = {}
     files: dict[str, UploadFile] = {}
-    if content_type in _FORM_TYPES:
+    raw = b"" if content_type == _MULTIPART else await request.body()
+    # `curl -d '{"key": ...}'` labels a JSON body as a form: the body's first character decides, not the label.
+    if content_type == _MULTIPART or (content_type == _URLENCODED and not raw.lstrip().startswith(b"{")):
         form = await request.form()
         for name, item in form.multi_items():
             if isinstance(item, UploadFile):
                 files.setdefault(name, item)
             else:
                 body[name] = item
-    else:
-        raw = await request.body()
-        if raw.strip():
-            body = _parse_json_object(raw)
+    elif raw.strip():
+        body = _parse_json_object(raw)
     return body, files
 
 

@@ -7,7 +7,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import exc as sa_exc
@@ -60,6 +60,17 @@ class _Run:
     total_steps: int = 0
     # Completed, failed, cancelled or released by us: the heartbeat leaves it alone from then on.
     settled: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    def describe(self) -> str:
+        """What the job is, for the one log line per job event: kind, model, size, steps."""
+        job = self.job
+        size = f" {job.width}x{job.height}" if job.width and job.height else ""
+        steps = f" {job.steps} steps" if job.steps else ""
+        return f"{job.kind.value} model={job.model_id}{size}{steps}"
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
 
     def lease_lost(self) -> bool:
         # Read through a call: the heartbeat thread may set `lost` between two checks of the attribute.
@@ -203,6 +214,8 @@ class Worker:
             if not runs:
                 return True
         contexts = {run.job.id: _JobContext(self, run, runs) for run in runs}
+        for run in runs:
+            log.info("job %s started: %s", run.job.id, run.describe())
         started = time.monotonic()
         try:
             outputs = engine.run([run.job for run in runs], lambda job: contexts[job.id])
@@ -220,7 +233,6 @@ class Worker:
             return False
         except JobFailed as exc:
             # An expected, explained failure (missing weights, unusable input): no traceback needed.
-            log.info("jobs %s failed: %s", [run.job.id for run in runs], exc.message)
             self._fail(runs, exc.code, exc.message)
             return True
         except Exception as exc:  # any other engine error fails only this job; the worker goes on
@@ -244,7 +256,7 @@ class Worker:
             log.warning("job %s: lease lost while running; result dropped", job.id)
             return
         if run.cancel:
-            self._settle(run, "mark_cancelled", lambda job_id: self._jobs.mark_cancelled(job_id, self.worker_id))
+            self._cancelled(run)
             return
         if len(output.images) != len(job.output_keys):
             message = f"The engine returned {len(output.images)} images for {len(job.output_keys)} outputs"
@@ -268,6 +280,13 @@ class Worker:
                 job_id, self.worker_id, result=dict(output.meta), seconds_per_step=per_step
             ),
         )
+        if run.settled:
+            log.info("job %s succeeded: %s in %.1f s", job.id, run.describe(), run.seconds())
+
+    def _cancelled(self, run: _Run) -> None:
+        self._settle(run, "mark_cancelled", lambda job_id: self._jobs.mark_cancelled(job_id, self.worker_id))
+        if run.settled:
+            log.info("job %s cancelled: %s after %.1f s", run.job.id, run.describe(), run.seconds())
 
     def _output_store(self, key: str, link: Sequence[str]) -> ObjectStore:
         """The store the job's promised link points into (update_s3 may have switched stores meanwhile)."""
@@ -287,7 +306,7 @@ class Worker:
             if run.lost:
                 log.warning("job %s: lease lost while running; stopped", run.job.id)
             elif run.cancel:
-                self._settle(run, "mark_cancelled", lambda job_id: self._jobs.mark_cancelled(job_id, self.worker_id))
+                self._cancelled(run)
             elif releasing:
                 log.info("job %s: released back to the queue (worker stopping)", run.job.id)
                 self._settle(run, "release", lambda job_id: self._jobs.release(job_id, self.worker_id))
@@ -298,7 +317,9 @@ class Worker:
         for run in runs:
             if run.lost:
                 continue
-            log.warning("job %s failed (%s): %s", run.job.id, code, message)
+            log.warning(
+                "job %s failed (%s): %s after %.1f s: %s", run.job.id, code, run.describe(), run.seconds(), message
+            )
             self._settle(
                 run, "fail", lambda job_id: self._jobs.fail(job_id, self.worker_id, code=code, message=message)
             )

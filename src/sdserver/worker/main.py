@@ -21,6 +21,7 @@ from sdserver.database import DATABASE_OUTAGES, create_db_engine, server_secret
 from sdserver.engines.base import Engine
 from sdserver.engines.factory import build_engines
 from sdserver.jobstore.control import CommandWatcher, ControlStore
+from sdserver.logs import LOG_FORMATS, configure_logging
 from sdserver.objects.switching import SwitchingObjectStore, follow_storage, open_switching_store
 from sdserver.worker.control import WorkerControl
 from sdserver.worker.loop import EXIT_OK, Worker, backoff_delay
@@ -161,11 +162,12 @@ def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sdserver.worker.main", description="Run one sdserver worker.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=LOG_FORMATS)
     parser.add_argument("--worker-id", help="unique id of this worker (default host:pid:random)")
     parser.add_argument("--grace-s", type=float, default=30.0, help="how long a stop waits for the running job")
     parser.add_argument("--parent-pid", type=int, help="stop when this process (the supervisor) is gone")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     stop = threading.Event()
     settings = Settings()
     if args.parent_pid is not None:

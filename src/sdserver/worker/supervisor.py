@@ -18,6 +18,7 @@ from typing import Final
 from pydantic import SecretStr
 
 from sdserver.config import Settings
+from sdserver.logs import LogFormat
 from sdserver.worker.loop import EXIT_RESTART
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class WorkerSupervisor:
         *,
         env: Mapping[str, str] | None = None,
         log_level: str = "info",
+        log_format: LogFormat = "text",
         grace_s: float = 30.0,
     ) -> None:
         base = dict(os.environ if env is None else env)
@@ -94,6 +96,7 @@ class WorkerSupervisor:
             "-m",
             "sdserver.worker.main",
             f"--log-level={log_level}",
+            f"--log-format={log_format}",
             f"--grace-s={grace_s}",
             f"--parent-pid={os.getpid()}",
         ]

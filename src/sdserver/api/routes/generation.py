@@ -37,7 +37,7 @@ def model_id_for(services: Services, requested: str | None) -> str:
     if not model_id:
         raise ValidationError.for_field("model_id", "is required (no default model is configured)", requested)
     if not services.models.exists(model_id):
-        raise ModelNotFoundError()
+        raise ModelNotFoundError.for_id(model_id)
     return model_id
 
 

@@ -64,7 +64,7 @@ async def load_vae(request: Request, services: ServicesDep, caller: AdminDep, pa
 async def verify_model(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
     model_id = validate_request(VerifyModelRequest, params.values).model_id
     if not await run_in_threadpool(services.models.knows, model_id):
-        raise ModelNotFoundError()
+        raise ModelNotFoundError.for_id(model_id)
     return {"status": "success", "message": "Model exists on server"}
 
 
@@ -78,7 +78,7 @@ async def delete_model(services: ServicesDep, caller: AdminDep, params: ParamsDe
     only = kind_for_type(request.model_type)
     deleted = await run_in_threadpool(_delete, services, request.model_id, only)
     if not deleted:
-        raise ModelNotFoundError()
+        raise ModelNotFoundError.for_id(request.model_id)
     return {
         "status": "success",
         "message": "Model deleted successfully",

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from sdserver import __version__
-from sdserver.api.aliases import add_alias_routes
+from sdserver.api.aliases import SDK_CLASS_PREFIXES, add_alias_routes
 from sdserver.api.deps import AdminDep, CallerDep, ParamsDep, ServicesDep
 from sdserver.api.metrics import CONTENT_TYPE, Metrics, address_allowed
 from sdserver.api.params import find_api_key, read_params
@@ -33,15 +33,16 @@ router = APIRouter(tags=["server management"])
 ENTERPRISE = "/api/v1/enterprise"
 # Where each endpoint is served. The enterprise family is where the vendor documents them; schedulers_list is
 # also answered under the v3 and v4 families, whose generation endpoints take a `scheduler`.
+# The official SDK's shared calls are also answered under each SDK class prefix.
 PATHS: dict[str, tuple[str, ...]] = {
-    "system_details": (ENTERPRISE,),
+    "system_details": (ENTERPRISE, *SDK_CLASS_PREFIXES),
     "schedulers_list": (ENTERPRISE, "/api/v3", "/api/v4/dreambooth"),
-    "clear_cache": (ENTERPRISE,),
-    "clear_queue": (ENTERPRISE,),
-    "restart_server": (ENTERPRISE,),
+    "clear_cache": (ENTERPRISE, *SDK_CLASS_PREFIXES),
+    "clear_queue": (ENTERPRISE, *SDK_CLASS_PREFIXES),
+    "restart_server": (ENTERPRISE, *SDK_CLASS_PREFIXES),
     # The vendor's docs say update_server; the official SDK calls update.
     "update_server": (ENTERPRISE,),
-    "update": (ENTERPRISE,),
+    "update": (ENTERPRISE, *SDK_CLASS_PREFIXES),
     "sync_models": (ENTERPRISE,),
     "update_s3": (ENTERPRISE,),
 }
@@ -86,8 +87,10 @@ async def system_details(services: ServicesDep, _admin: AdminDep) -> dict[str, A
 
 
 async def schedulers_list(_caller: CallerDep) -> dict[str, Any]:
-    # The contract's names in its order; those that cannot sample a Stable Diffusion model are left out.
-    return {"status": "success", "schedulers": [name for name in SCHEDULER_NAMES if name in SAMPLING_SCHEDULERS]}
+    # The contract's names in its order (those that cannot sample a Stable Diffusion model left out), then the
+    # ones we run beyond the contract.
+    contract = [name for name in SCHEDULER_NAMES if name in SAMPLING_SCHEDULERS]
+    return {"status": "success", "schedulers": contract + sorted(SAMPLING_SCHEDULERS - set(SCHEDULER_NAMES))}
 
 
 async def clear_cache(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:

@@ -29,7 +29,7 @@ async def super_resolution(
 ) -> dict[str, Any]:
     resolved = resolve_super_resolution(validate_request(SuperResolutionRequest, params.values))
     if not services.models.upscaler_exists(resolved.model_id):
-        raise ModelNotFoundError()
+        raise ModelNotFoundError.for_id(resolved.model_id)
     saved, image = await store_client_image(
         services,
         resolved.image,
