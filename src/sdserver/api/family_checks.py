@@ -37,10 +37,11 @@ def require_runnable(
     wanted = [JobKind.CONTROLNET, kind] if controlnet else [kind]
     for needed in wanted:
         if needed not in kinds:
-            what = "inpainting " if family.inpainting else ""
+            what = "an inpainting model, " if family.inpainting else ""
+            job = f"ControlNet {_KIND_NAMES[kind]}" if controlnet and needed is kind else _KIND_NAMES[needed]
             raise UnsupportedModelError(
-                f"Model {model_id!r} is a {what}{family_name(family)} model, which cannot run "
-                f"{_KIND_NAMES.get(needed, needed.value)} jobs; it runs {_listed(kinds)}"
+                f"Model {model_id!r} ({what}family {family_name(family)}) cannot run {job} jobs; "
+                f"it runs {_listed(kinds)}"
             )
     return family
 

@@ -141,21 +141,21 @@ def plan_scheduler(
             JobErrorCode.UNKNOWN_SCHEDULER, f"scheduler {name!r} is not known; use one of {', '.join(sorted(valid))}"
         )
     class_name, alias_karras, alias_algorithm = found
+    if class_name in UNSUPPORTED_SCHEDULERS:
+        raise SchedulerError(
+            JobErrorCode.UNSUPPORTED_SCHEDULER,
+            f"{class_name} cannot sample a Stable Diffusion model; use e.g. DPMSolverMultistepScheduler",
+        )
     if family is not None and class_name not in valid:
         raise SchedulerError(
             JobErrorCode.UNSUPPORTED_SCHEDULER,
-            f"{class_name} cannot sample a {_family_name(family)} model; valid for this family: "
+            f"{class_name} cannot sample {_family_name(family)} models; valid for this family: "
             f"{', '.join(sorted(valid))}",
         )
     if family is None and class_name in FLOW_MATCH_SCHEDULERS:
         raise SchedulerError(
             JobErrorCode.UNSUPPORTED_SCHEDULER,
             f"{class_name} samples SD3 and Flux models only; use one of {', '.join(sorted(valid))}",
-        )
-    if class_name in UNSUPPORTED_SCHEDULERS:
-        raise SchedulerError(
-            JobErrorCode.UNSUPPORTED_SCHEDULER,
-            f"{class_name} cannot sample a Stable Diffusion model; use e.g. DPMSolverMultistepScheduler",
         )
     if from_image and class_name in NOISE_ONLY_SCHEDULERS:
         raise SchedulerError(
