@@ -399,6 +399,5 @@ def _scheduler(
     try:
         return plan_scheduler(name, karras, request.algorithm_type, from_image=from_image, family=family)
     except SchedulerError as exc:
-        raise ValidationError(
-            f"scheduler: {exc.message}", field_errors={"scheduler": [f"{exc.message}, got {name!r}"]}
-        ) from None
+        rule = f"{exc.message}, got {name!r}"
+        raise ValidationError(f"scheduler: {rule}", field_errors={"scheduler": [rule]}) from None
