@@ -20,12 +20,14 @@ from sdserver.catalog.families.capabilities import (
     TOMESD,
     model_capabilities,
 )
+from sdserver.errors import ValidationError
 from sdserver.job_params import DEFAULT_GUIDANCE_SCALE, DEFAULT_SCHEDULER_NAME, DEFAULT_STEPS
 
 # Today's rules, for models whose family is not known (test models, pickled checkpoints): contract section 2.3.
 LEGACY_SIDE: Final = 512
 LEGACY_MAX_SIDE: Final = 1024
 LEGACY_GUIDANCE: Final = (1.0, 20.0)
+MIN_SIDE: Final = 64
 # Why a field does not apply, by field; `{family}` is the model's family.
 _WHY: Final = {
     NEGATIVE_PROMPT: "{family} models sample without a negative-prompt pass; the negative prompt is not used",
@@ -104,6 +106,31 @@ def fields_not_applying(plan: FamilyPlan, request: Any) -> dict[str, str]:
         for name in sorted(plan.unsupported_fields)
         if _given(getattr(request, name, None))
     }
+
+
+def side_for(field: str, value: int | None, plan: FamilyPlan) -> int:
+    """A width or height: the family's default, or the value checked against its cap and rounded down to the
+    family's block size (8 pixels; SD3 and Flux 16: the VAE's 8 times 2x2 patches), as the vendor and A1111 do."""
+    if value is None:
+        return plan.default_side
+    if value < MIN_SIDE:
+        raise ValidationError.for_field(field, f"must be at least {MIN_SIDE}", value)
+    if value > plan.max_side:
+        raise ValidationError.for_field(field, f"must be at most {plan.max_side}{plan.for_model()}", value)
+    return value - value % plan.side_multiple
+
+
+def guidance_for(value: float | None, plan: FamilyPlan, *, ignored: bool) -> tuple[float, bool]:
+    """The guidance used, and whether it was capped (few-step models: clients send 7.5 out of habit)."""
+    low, high = plan.guidance_range
+    if value is None or ignored:
+        return plan.default_guidance, False
+    if plan.cap_guidance and value > high:
+        return high, True
+    if not low <= value <= high:
+        rule = f"must be between {low:g} and {high:g}{plan.for_model()}"
+        raise ValidationError.for_field("guidance_scale", rule, value)
+    return value, False
 
 
 def _given(value: object) -> bool:

@@ -14,9 +14,17 @@ from pydantic_core import PydanticCustomError
 
 from sdserver.api.fields import Flag, LenientFloat, LenientInt, OptionalText, RequiredText, is_absent
 from sdserver.api.schemas import LenientRequest
-from sdserver.api.schemas_family import FamilyPlan, fields_not_applying, plan_family
+from sdserver.api.schemas_family import FamilyPlan, fields_not_applying, guidance_for, plan_family, side_for
 from sdserver.catalog.families import FamilyInfo
-from sdserver.catalog.families.capabilities import GUIDANCE, LORA, REFINER, TOMESD
+from sdserver.catalog.families.capabilities import (
+    CLIP_SKIP,
+    EMBEDDINGS,
+    GUIDANCE,
+    LORA,
+    NEGATIVE_PROMPT,
+    REFINER,
+    TOMESD,
+)
 from sdserver.catalog.ids import is_valid_model_id
 from sdserver.catalog.schedulers import SchedulerError, plan_scheduler
 from sdserver.errors import ValidationError
@@ -31,7 +39,6 @@ from sdserver.job_params import (
     SchedulerChoice,
 )
 
-MIN_SIDE = 64
 MAX_SAMPLES = 4
 MAX_STEPS = 50
 SEED_LIMIT = 2**32
@@ -97,8 +104,8 @@ class Text2ImgRequest(JobRequest):
     model_id: OptionalText = Field(default=None, description="A loaded model id.")
     width: LenientInt = Field(
         default=None,
-        description="Output width, 64 to the family's cap (1024; SDXL, SD3, Flux 2048), rounded down to a multiple "
-        "of 8; default 512 (SD 2.x v-prediction 768; SDXL, SD3, Flux 1024).",
+        description="Output width from 64 to the model family's cap (SD 1.x/2.x 1024; SDXL, SD3, Flux 2048), rounded "
+        "down to a multiple of 8 (SD3, Flux: 16); default per family (SD 1.x 512, SD 2.x 768, SDXL, SD3, Flux 1024).",
     )
     height: LenientInt = Field(default=None, description="Output height; the same rules and defaults as width.")
     samples: LenientInt = Field(default=None, description="Images to make, 1–4.")
@@ -109,8 +116,8 @@ class Text2ImgRequest(JobRequest):
     )
     guidance_scale: LenientFloat = Field(
         default=None,
-        description="Prompt guidance, 1–20 (default 7.5; Flux 0–20, default 3.5; few-step models 0–1, higher is "
-        "capped).",
+        description="Prompt guidance; range and default per model family (SD 1.x 1–30, default 7.5; Flux 0–30, "
+        "default 3.5; LCM models 0–2, higher is capped). Models of unknown family: 1–20.",
     )
     seed: LenientInt = Field(default=None, description="Seed; empty for a random one (the used seed is returned).")
     scheduler: OptionalText = Field(default=None, description="Scheduler class name or A1111 name.")
@@ -222,14 +229,14 @@ def resolve_generation(
     enhance = request.enhance_prompt is not False
     ignored = fields_not_applying(plan, request)
     # Checked in this order: the first broken rule is the one reported.
-    width, height = _side("width", request.width, plan), _side("height", request.height, plan)
+    width, height = side_for("width", request.width, plan), side_for("height", request.height, plan)
     samples = _in_range("samples", request.samples, DEFAULT_SAMPLES, 1, MAX_SAMPLES)
-    guidance, capped = _guidance(request.guidance_scale, plan, ignored=GUIDANCE in ignored)
+    guidance, capped = guidance_for(request.guidance_scale, plan, ignored=GUIDANCE in ignored)
     if capped:
         ignored["guidance_scale"] = f"capped at {guidance:g}{plan.for_model()}; meta.guidance_scale is the value used"
     params = GenerationParams(
         prompt=_enhanced(request.prompt, enhance_suffix) if enhance else request.prompt,
-        negative_prompt="" if "negative_prompt" in ignored else request.negative_prompt or "",
+        negative_prompt="" if NEGATIVE_PROMPT in ignored else request.negative_prompt or "",
         # Above the maximum is capped, not refused; meta.steps shows the value used.
         steps=min(
             _in_range("num_inference_steps", request.num_inference_steps, plan.default_steps, 1, None), MAX_STEPS
@@ -240,7 +247,7 @@ def resolve_generation(
         scheduler=scheduler,
         clip_skip=(
             _in_range("clip_skip", request.clip_skip, 1, 1, 8)
-            if request.clip_skip is not None and "clip_skip" not in ignored
+            if request.clip_skip is not None and CLIP_SKIP not in ignored
             else None
         ),
         strength=(
@@ -251,9 +258,7 @@ def resolve_generation(
         loras=() if LORA in ignored else _loras(request.lora_model, request.lora_strength),
         vae=_addon_ids("vae", (request.vae,) if request.vae else None, 1)[0] if request.vae else None,
         embeddings=(
-            ()
-            if "embeddings_model" in ignored
-            else _addon_ids("embeddings_model", request.embeddings_model, MAX_EMBEDDINGS)
+            () if EMBEDDINGS in ignored else _addon_ids("embeddings_model", request.embeddings_model, MAX_EMBEDDINGS)
         ),
         tomesd=(DEFAULT_TOMESD if request.tomesd is None else request.tomesd) and TOMESD not in plan.unsupported_fields,
         safety_checker=DEFAULT_SAFETY_CHECKER if request.safety_checker is None else request.safety_checker,
@@ -349,29 +354,6 @@ def _float_in_range(field: str, value: float | None, default: float, low: float,
     if not low <= value <= high:
         raise ValidationError.for_field(field, f"must be between {low:g} and {high:g}", value)
     return value
-
-
-def _side(field: str, value: int | None, plan: FamilyPlan) -> int:
-    if value is not None and value > plan.max_side:
-        raise ValidationError.for_field(field, f"must be at most {plan.max_side}{plan.for_model()}", value)
-    side = _in_range(field, value, plan.default_side, MIN_SIDE, plan.max_side)
-    # Latent diffusion works on 8-pixel blocks (SD3 and Flux on 16: the VAE's 8 times 2x2 patches); round down like
-    # the vendor and A1111 do.
-    return side - side % plan.side_multiple
-
-
-def _guidance(value: float | None, plan: FamilyPlan, *, ignored: bool) -> tuple[float, bool]:
-    """The guidance used, and whether it was capped (few-step models: clients send 7.5 out of habit)."""
-    low, high = plan.guidance_range
-    if value is None or ignored:
-        return plan.default_guidance, False
-    if plan.cap_guidance and value > high:
-        return high, True
-    if not low <= value <= high:
-        raise ValidationError.for_field(
-            "guidance_scale", f"must be between {low:g} and {high:g}{plan.for_model()}", value
-        )
-    return value, False
 
 
 def _seed(value: int | None) -> int:
