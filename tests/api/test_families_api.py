@@ -118,7 +118,9 @@ def test_an_unsupported_checkpoint_fails_its_load_and_the_loaded_model_stays_usa
     assert not list((models_dir / "checkpoints").glob("alien*"))
     assert not list((models_dir / ".staging").glob("*alien*"))
     assert (models_dir / "checkpoints" / "base.safetensors").read_bytes() == checkpoint_bytes("sd15")
-    assert call(http, live, "verify_model", user, model_id="base")["family"] == "sd15"
+    verified = call(http, live, "verify_model", user, model_id="base")
+    assert (verified["message"], verified["family"]) == ("Model exists on server", "sd15"), verified
+    assert verified["runs"] == ["text2img", "img2img", "inpaint", "controlnet"] and verified["schedulers"]
     assert text2img(http, live, user, model_id="alien")["message"] == "Model id not found"
     params, width, _ = queued_params(live, text2img(http, live, user, model_id="base"))
     assert width == 512 and params.steps == 20
@@ -144,6 +146,8 @@ def test_get_all_models_and_sync_models_show_each_family(
         entry = listed[model_id]
         assert (entry["family"], entry["prediction_type"], entry["few_step"]) == (family, prediction, few_step)
     assert listed["alien"]["family"] == "unsupported" and listed["alien"]["supported"] is False
+    refiner = call(http, live, "verify_model", user, model_id="sdxl_refiner")
+    assert refiner["runs"] == ["img2img", "inpaint"], refiner
     assert "no Stable Diffusion" in listed["alien"]["unsupported_reason"]
     synced = models_by_id(http, live, admin, "sync_models")
     assert {model_id: synced[model_id]["family"] for model_id in ("sdxl", "flux", "alien")} == {

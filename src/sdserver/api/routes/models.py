@@ -30,6 +30,7 @@ from sdserver.api.schemas_models import (
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
 from sdserver.catalog.families.cache import Detected
+from sdserver.catalog.families.capabilities import model_capabilities
 from sdserver.catalog.files import remove_model_files
 from sdserver.catalog.registry import ModelKind, ModelState
 from sdserver.errors import JobErrorCode, ModelNotFoundError, SdError
@@ -67,8 +68,13 @@ async def verify_model(services: ServicesDep, caller: CallerDep, params: ParamsD
         raise ModelNotFoundError()
     reply: dict[str, Any] = {"status": "success", "message": "Model exists on server"}
     if await run_in_threadpool(services.models.exists, model_id):
-        # Extra fields: whether the generation model can run here, so a client learns it before generating.
-        reply |= family_fields(await run_in_threadpool(services.models.family, model_id))
+        # Extra fields: whether the generation model can run here and what, so a client learns it before generating.
+        detected = await run_in_threadpool(services.models.family, model_id)
+        reply |= family_fields(detected)
+        if detected.info is not None:
+            capabilities = model_capabilities(detected.info)
+            reply["runs"] = [kind.value for kind in JobKind if kind in capabilities.kinds]
+            reply["schedulers"] = sorted(capabilities.schedulers)
     return reply
 
 
