@@ -283,3 +283,15 @@ def test_loras_are_checked_against_the_registry_and_the_models_family(
     assert registry.get(ModelKind.LORA, "remote") is not None
     assert queued_params(live, text2img(http, live, user, model_id="sdxl", lora_model="remote"))[0].loras
     assert registry.get(ModelKind.LORA, "remote").state is ModelState.READY  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("model_id", ["sdxl", "flux"])
+def test_embeddings_are_refused_where_the_family_cannot_use_them(
+    live: LiveServer, user: str, http: httpx.Client, model_id: str
+) -> None:
+    before = live.job_count()
+    reply = text2img(http, live, user, model_id=model_id, embeddings_model="easynegative")
+    assert reply["status"] == "error" and reply["error_code"] == "validation_error", reply
+    rule = f"textual-inversion embeddings work with sd15 and sd2 models only, not {model_id} models"
+    assert reply["errors"] == {"embeddings_model": [f"{rule}, got 'easynegative'"]}
+    assert live.job_count() == before

@@ -40,6 +40,11 @@ _WHY: Final = {
     KARRAS: "{family} models sample with a flow-matching scheduler, which has no Karras sigmas",
 }
 
+# Why a field is refused, by field.
+_REFUSED: Final = {
+    EMBEDDINGS: "textual-inversion embeddings work with sd15 and sd2 models only, not {family} models",
+}
+
 
 @dataclass(frozen=True)
 class FamilyPlan:
@@ -57,6 +62,7 @@ class FamilyPlan:
     cap_guidance: bool
     default_scheduler: str
     unsupported_fields: frozenset[str] = field(default_factory=frozenset)
+    refused_fields: frozenset[str] = field(default_factory=frozenset)
 
     def for_model(self) -> str:
         return f" for {self.name} models" if self.name else ""
@@ -91,6 +97,7 @@ def plan_family(family: FamilyInfo | None) -> FamilyPlan:
         few_step,
         caps.default_scheduler,
         caps.unsupported_fields,
+        caps.refused_fields,
     )
 
 
@@ -100,7 +107,14 @@ def family_name(family: FamilyInfo) -> str:
 
 
 def fields_not_applying(plan: FamilyPlan, request: Any) -> dict[str, str]:
-    """The fields the request set that this family does not use, each with why."""
+    """The fields the request set that this family does not use, each with why; a field the family cannot honour
+    at all (the capability table's `refused_fields`) is a field error instead, naming the family."""
+    for name in sorted(plan.refused_fields):
+        value = getattr(request, name, None)
+        if _given(value):
+            shown = ",".join(value) if isinstance(value, tuple) else value
+            rule = _REFUSED.get(name, "cannot be used with {family} models").format(family=plan.name)
+            raise ValidationError.for_field(name, rule, shown)
     return {
         name: _WHY.get(name, "{family} models do not use it").format(family=plan.name)
         for name in sorted(plan.unsupported_fields)
