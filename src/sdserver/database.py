@@ -82,7 +82,33 @@ def create_db_engine(url: str) -> Engine:
             # Several API replicas and workers start at once; serialise the CREATE TABLEs between them.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(740233)"))
         metadata.create_all(conn)
+        add_missing_columns(conn)
     return engine
+
+
+def add_missing_columns(conn: sa.Connection) -> list[str]:
+    """Add the nullable columns a newer build declares to tables an older build created; returns `table.column`
+    for each one added. create_all only creates missing tables, and a column added later must not need a manual
+    migration; existing rows read NULL there (unknown), which every reader of such a column accepts."""
+    inspector = sa.inspect(conn)
+    added: list[str] = []
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                # A NOT NULL column needs a value for old rows: that is a real migration, not this one.
+                raise RuntimeError(f"{table.name}.{column.name} is missing and NOT NULL; migrate the database")
+            kind = column.type.compile(dialect=conn.dialect)
+            preparer = conn.dialect.identifier_preparer
+            conn.execute(
+                sa.text(f"ALTER TABLE {preparer.quote(table.name)} ADD COLUMN {preparer.quote(column.name)} {kind}")
+            )
+            added.append(f"{table.name}.{column.name}")
+    return added
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

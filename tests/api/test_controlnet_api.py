@@ -160,10 +160,14 @@ def test_default_safety_screen_and_addon_checks_apply(live: LiveServer, key: str
     assert missing["status"] == "error" and missing["errors"]["lora_model"], missing
 
 
-def test_a_job_the_model_cannot_run_fails(live: LiveServer, key: str, http: httpx.Client) -> None:
+def test_a_job_the_model_cannot_run_is_refused_at_submit(live: LiveServer, key: str, http: httpx.Client) -> None:
+    """An inpainting model cannot run ControlNet text2img: refused before a job is written (no worker evicts)."""
+    before = live.job_count()
     reply = controlnet(http, live, key, model_id=INPAINTING_MODEL)
-    assert reply["status"] == "failed"
-    assert "inpainting model" in reply["message"] and reply["output"] == ""
+    assert (reply["status"], reply["error_code"]) == ("error", "unsupported_model"), reply
+    assert "inpainting model" in reply["message"] and repr(INPAINTING_MODEL) in reply["message"]
+    assert "ControlNet text2img" in reply["message"]
+    assert live.job_count() == before
 
 
 @pytest.mark.parametrize(
@@ -184,7 +188,7 @@ def test_a_job_the_model_cannot_run_fails(live: LiveServer, key: str, http: http
         ({"controlnet_conditioning_scale": "1,1"}, "controlnet_conditioning_scale: must be one value or one", None),
         ({"controlnet_conditioning_scale": 9}, "controlnet_conditioning_scale: must be between 0 and 5", None),
         ({"control_image": b64_png(), "strength": 2}, "strength: must be between 0 and 1, got 2.0", "strength"),
-        ({"width": 2000}, "width: must be at most 1024, got 2000", "width"),
+        ({"width": 2000}, "width: must be at most 1024 for sd15 models, got 2000", "width"),
         ({"samples": "x"}, "samples: must be a number, got 'x'", "samples"),
     ],
     ids=[

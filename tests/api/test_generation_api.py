@@ -112,7 +112,7 @@ def test_inpaint_with_a_mask(generation: LiveServer, key: str, http: httpx.Clien
     ("fields", "message"),
     [
         ({"model_id": "not-loaded"}, "Model id not found"),
-        ({"width": 2000, "height": 2000}, "width: must be at most 1024, got 2000"),
+        ({"width": 2000, "height": 2000}, "width: must be at most 1024 for sd15 models, got 2000"),
         ({"scheduler": "KarrasVeScheduler"}, "scheduler: KarrasVeScheduler cannot sample a Stable Diffusion model"),
         ({"scheduler": "NoSuchScheduler"}, "scheduler: scheduler 'NoSuchScheduler' is not known"),
     ],

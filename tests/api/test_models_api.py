@@ -19,6 +19,7 @@ from sdserver.catalog.registry import ModelKind, ModelState
 from sdserver.engines.model_loader import ModelLoaderEngine
 from sdserver.job_params import ModelLoadParams
 from sdserver.jobs import JobStatus
+from tests.support.family_layouts import checkpoint_bytes, write_folder_model
 from tests.support.http_host import HttpHost, Reply
 from tests.support.live_server import LiveServer, make_settings, run_server, worker_thread
 
@@ -57,7 +58,8 @@ def user(models_server: LiveServer) -> str:
 
 @pytest.fixture
 def host() -> Iterator[HttpHost]:
-    with HttpHost({"/ink.safetensors": Reply(WEIGHTS)}) as running:
+    routes = {"/ink.safetensors": Reply(WEIGHTS), "/sd15.safetensors": Reply(checkpoint_bytes("sd15"))}
+    with HttpHost(routes) as running:
         yield running
 
 
@@ -115,13 +117,14 @@ def test_a_checkpoint_load_makes_the_model_id_usable_for_generation(
         models_server,
         "load_model_v2",
         admin,
-        url=host.url("/ink.safetensors"),
+        url=host.url("/sd15.safetensors"),
         model_id="base",
         model_category="stable_diffusion",
         model_format="safetensors",
     )
     assert reply["status"] == "success", reply
-    wait_for_state(http, models_server, admin, "base", "ready")
+    entry = wait_for_state(http, models_server, admin, "base", "ready")
+    assert (entry["family"], entry["prediction_type"]) == ("sd15", "epsilon")
     assert models_server.services.models.exists("base")
     assert (models_server.services.settings.data_dir / "models" / "checkpoints" / "base.safetensors").is_file()
 
@@ -304,10 +307,8 @@ def test_deleting_a_model_fails_the_jobs_still_queued_for_it(
     models_server: LiveServer, admin: str, http: httpx.Client
 ) -> None:
     """No worker would ever claim a job whose model is gone: delete_model fails them at once (others stay queued)."""
-    diffusers = models_server.services.settings.data_dir / "models" / "diffusers"
     for model_id in ("gone", "kept"):
-        (diffusers / model_id).mkdir(parents=True)
-        (diffusers / model_id / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+        write_folder_model(models_server.services.settings.data_dir / "models", model_id, "sd15")
     user = models_server.new_key(Role.USER)
     submitted = {}
     for model_id in ("gone", "kept"):

@@ -11,9 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from safetensors.numpy import save as save_safetensors
 
 from sdserver.catalog.files import SOURCE_HUB, SOURCE_LOCAL, SOURCE_URL, part_path, stale_parts
 from sdserver.catalog.layout import models_dir_for
@@ -24,14 +22,16 @@ from sdserver.engines.base import JobCancelled, JobFailed
 from sdserver.engines.model_loader import ModelLoaderEngine, kib
 from sdserver.job_params import ModelLoadParams
 from sdserver.jobs import Job, JobKind, JobStatus
+from tests.support.family_layouts import checkpoint_bytes
 from tests.support.http_host import HttpHost, RecordedRequest, Reply, Slow, Stream
 
 MIB = 1024 * 1024
 
 
 def weights(n_floats: int) -> bytes:
-    """A real safetensors file of `n_floats` float32 values (not torch: this engine is torch-free)."""
-    return save_safetensors({"w": np.arange(n_floats, dtype=np.float32)})
+    """A real safetensors file of about `n_floats` float32 values (not torch: this engine is torch-free), keyed like
+    an SD 1.x checkpoint so that checkpoint loads pass family detection."""
+    return checkpoint_bytes("sd15", extra_floats=n_floats)
 
 
 def pickled_weights() -> bytes:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import uvicorn
 
 from sdserver.api.app import create_app
@@ -18,6 +19,7 @@ from sdserver.api.services import Services
 from sdserver.auth import Role
 from sdserver.config import Settings
 from sdserver.engines.base import Engine
+from sdserver.jobstore.tables import jobs
 from sdserver.worker.loop import Worker
 
 
@@ -44,6 +46,11 @@ class LiveServer:
 
     def new_key(self, role: Role = Role.USER, name: str = "test") -> str:
         return self.services.keys.create(name, role)[1]
+
+    def job_count(self) -> int:
+        """Job rows of every kind and state: what a request refused at submit must leave unchanged."""
+        with self.services.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one())
 
 
 @contextmanager

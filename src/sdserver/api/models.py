@@ -1,4 +1,5 @@
-"""Which model ids the API accepts and lists: models in the models folder plus the model registry."""
+"""Which model ids the API accepts and lists, and their families: the model registry (what load jobs recorded),
+then models on disk under `<data_dir>/models/` that no load registered (detected here, torch-free, and cached)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sdserver.catalog.families import detect_source_family
+from sdserver.catalog.families.cache import Detected, DetectionCache
+from sdserver.catalog.families.loras import detect_lora
 from sdserver.catalog.files import ADDON_KINDS, addon_on_disk
 from sdserver.catalog.ids import UPSCALER_MODELS, is_valid_model_id
-from sdserver.catalog.layout import AddonKind, find_addon, find_model, list_addons, list_models, models_dir_for
+from sdserver.catalog.layout import (
+    MODEL_INDEX,
+    AddonKind,
+    ModelFormat,
+    find_addon,
+    find_model,
+    list_addons,
+    list_models,
+    models_dir_for,
+)
 from sdserver.catalog.registry import ModelKind, ModelRecord, ModelRegistry, ModelState
 from sdserver.config import Settings
 from sdserver.jobs import TEST_MODEL_PREFIX
 
 _WEIGHT_SUFFIXES = (".pth", ".safetensors")
+_UNKNOWN = Detected(None)
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,7 @@ class ModelCatalog:
         self._models_dir = models_dir_for(settings)
         self._upscalers_dir = self._models_dir / "upscalers"
         self._registry = registry
+        self._detections = DetectionCache()
 
     @property
     def models_dir(self) -> Path:
@@ -92,15 +107,58 @@ class ModelCatalog:
                     entries[(kind, model_id)] = ModelEntry(model_id, kind, ModelState.READY, loaded)
         return sorted(entries.values(), key=lambda entry: (entry.model_id, entry.kind.value))
 
+    def family(self, model_id: str) -> Detected:
+        """A generation model's family: what its load recorded, else what its files on this host say (cached until
+        they change). Unknown (None) for test models, pickled checkpoints and models whose files are elsewhere."""
+        if self._test_models and model_id.startswith(TEST_MODEL_PREFIX):
+            return _UNKNOWN
+        record = self._record(ModelKind.CHECKPOINT, model_id)
+        if record is not None and record.state is ModelState.READY and record.family is not None:
+            return Detected(record.family_info)
+        source = find_model(self._models_dir, model_id)
+        if source is None:
+            return _UNKNOWN
+        marker = source.path / MODEL_INDEX if source.format is ModelFormat.DIFFUSERS else source.path
+        return self._detections.get("checkpoint", marker, lambda: detect_source_family(source))
+
+    def addon_state(self, kind: ModelKind, addon_id: str) -> ModelState | None:
+        """An add-on's state: its registry row's, so every API host answers alike whichever box holds the files;
+        without a row, a file dropped into this host's models folder counts as ready (None: neither)."""
+        record = self._record(kind, addon_id)
+        if record is not None:
+            return record.state
+        return ModelState.READY if addon_on_disk(self._models_dir, kind, addon_id) else None
+
+    def lora_family(self, lora_id: str) -> Detected:
+        """The family a LoRA's keys name (registry first, then a dropped-in file's header); None when unknown."""
+        record = self._record(ModelKind.LORA, lora_id)
+        if record is not None and record.family is not None:
+            return Detected(record.family_info)
+        path = find_addon(self._models_dir, AddonKind.LORA, lora_id)
+        if path is None:
+            return _UNKNOWN
+        return self._detections.get("lora", path, lambda: detect_lora(path))
+
+    def entry_family(self, entry: ModelEntry) -> Detected:
+        """What get_all_models shows as an entry's family (checkpoints and LoRAs; other kinds have none)."""
+        if entry.kind is ModelKind.CHECKPOINT and entry.state is ModelState.READY:
+            return self.family(entry.model_id)
+        if entry.kind is ModelKind.LORA and entry.state is ModelState.READY:
+            return self.lora_family(entry.model_id)
+        return _UNKNOWN
+
     def kinds_of(self, model_id: str) -> list[ModelKind]:
         """Every kind under which this id is registered or on disk (what delete_model removes)."""
         return sorted({entry.kind for entry in self.all_models() if entry.model_id == model_id})
 
     def _ready(self, kind: ModelKind, model_id: str) -> bool:
-        if self._registry is None or not is_valid_model_id(model_id):
-            return False
-        record = self._registry.get(kind, model_id)
+        record = self._record(kind, model_id)
         return record is not None and record.state is ModelState.READY
+
+    def _record(self, kind: ModelKind, model_id: str) -> ModelRecord | None:
+        if self._registry is None or not is_valid_model_id(model_id):
+            return None
+        return self._registry.get(kind, model_id)
 
 
 def _mtime(path: Path) -> datetime | None:

@@ -11,6 +11,7 @@ from pydantic import AliasChoices, Field
 
 from sdserver.api.fields import Flag, LenientFloat, OptionalText
 from sdserver.api.schemas_generation import CommaList, ResolvedGeneration, Text2ImgRequest, resolve_generation
+from sdserver.catalog.families import FamilyInfo
 from sdserver.catalog.hints import HINT_TYPES, MAX_CONTROLNETS
 from sdserver.errors import ValidationError
 from sdserver.job_params import (
@@ -108,6 +109,7 @@ def resolve_controlnet(
     model_id: str,
     controlnet_exists: Callable[[str], bool],
     enhance_suffix: str = "",
+    family: FamilyInfo | None = None,
 ) -> tuple[ResolvedGeneration, ResolvedControlNet]:
     """The generation rules (the scheduler planned for the mode), then the ControlNet ones; every broken rule names
     its field and value."""
@@ -118,9 +120,11 @@ def resolve_controlnet(
         request = request.model_copy(update={"prompt": ""})
         # Nothing to enhance: the enhancer text alone would become the whole prompt.
         enhance_suffix = ""
-    mode = _mode(request)
+    mode = controlnet_mode(request)
     from_image = mode is not ControlNetMode.TEXT2IMG
-    resolved = resolve_generation(request, model_id=model_id, enhance_suffix=enhance_suffix, from_image=from_image)
+    resolved = resolve_generation(
+        request, model_id=model_id, enhance_suffix=enhance_suffix, from_image=from_image, family=family
+    )
     models = _models(request.controlnet_model, controlnet_exists)
     auto_hint = bool(request.auto_hint)
     control = ResolvedControlNet(
@@ -135,7 +139,7 @@ def resolve_controlnet(
     return resolved, control
 
 
-def _mode(request: ControlNetRequest) -> ControlNetMode:
+def controlnet_mode(request: ControlNetRequest) -> ControlNetMode:
     """inpaint with a mask; img2img when both a start image and a separate control image are given; otherwise
     text2img, with the control image (or the init image) only steering the ControlNet."""
     if request.init_image is None and request.control_image is None:

@@ -14,16 +14,24 @@ from pydantic_core import PydanticCustomError
 
 from sdserver.api.fields import Flag, LenientFloat, LenientInt, OptionalText, RequiredText, is_absent
 from sdserver.api.schemas import LenientRequest
+from sdserver.api.schemas_family import FamilyPlan, fields_not_applying, guidance_for, plan_family, side_for
+from sdserver.catalog.families import FamilyInfo
+from sdserver.catalog.families.capabilities import (
+    CLIP_SKIP,
+    EMBEDDINGS,
+    GUIDANCE,
+    LORA,
+    NEGATIVE_PROMPT,
+    REFINER,
+    TOMESD,
+)
 from sdserver.catalog.ids import is_valid_model_id
 from sdserver.catalog.schedulers import SchedulerError, plan_scheduler
 from sdserver.errors import ValidationError
 from sdserver.job_params import (
-    DEFAULT_GUIDANCE_SCALE,
     DEFAULT_KARRAS_SIGMAS,
     DEFAULT_SAFETY_CHECKER,
     DEFAULT_SAMPLES,
-    DEFAULT_SCHEDULER_NAME,
-    DEFAULT_STEPS,
     DEFAULT_STRENGTH,
     DEFAULT_TOMESD,
     SAFETY_CHECKER_TYPES,
@@ -31,8 +39,6 @@ from sdserver.job_params import (
     SchedulerChoice,
 )
 
-MAX_SIDE = 1024
-MIN_SIDE = 64
 MAX_SAMPLES = 4
 MAX_STEPS = 50
 SEED_LIMIT = 2**32
@@ -96,15 +102,23 @@ class Text2ImgRequest(JobRequest):
     prompt: RequiredText = Field(description="What to draw.")
     negative_prompt: OptionalText = Field(default=None, description="What to avoid.")
     model_id: OptionalText = Field(default=None, description="A loaded model id.")
-    width: LenientInt = Field(default=None, description="Output width, 64–1024 (rounded down to a multiple of 8).")
-    height: LenientInt = Field(default=None, description="Output height, 64–1024 (rounded down to a multiple of 8).")
+    width: LenientInt = Field(
+        default=None,
+        description="Output width from 64 to the model family's cap (SD 1.x/2.x 1024; SDXL, SD3, Flux 2048), rounded "
+        "down to a multiple of 8 (SD3, Flux: 16); default per family (SD 1.x 512, SD 2.x 768, SDXL, SD3, Flux 1024).",
+    )
+    height: LenientInt = Field(default=None, description="Output height; the same rules and defaults as width.")
     samples: LenientInt = Field(default=None, description="Images to make, 1–4.")
     num_inference_steps: LenientInt = Field(
         default=None,
         validation_alias=AliasChoices("num_inference_steps", "steps"),
         description="Denoising steps, 1–50 (more is capped; alias steps).",
     )
-    guidance_scale: LenientFloat = Field(default=None, description="Prompt guidance, 1–20.")
+    guidance_scale: LenientFloat = Field(
+        default=None,
+        description="Prompt guidance; range and default per model family (SD 1.x 1–30, default 7.5; Flux 0–30, "
+        "default 3.5; LCM models 0–2, higher is capped). Models of unknown family: 1–20.",
+    )
     seed: LenientInt = Field(default=None, description="Seed; empty for a random one (the used seed is returned).")
     scheduler: OptionalText = Field(default=None, description="Scheduler class name or A1111 name.")
     use_karras_sigmas: Flag = Field(default=None, description="Karras sigmas where the scheduler supports them.")
@@ -130,6 +144,7 @@ class Text2ImgRequest(JobRequest):
     multi_lingual: Flag = Field(default=None, description="Accepted, not supported (see meta.unsupported).")
     highres_fix: Flag = Field(default=None, description="Accepted, not supported (see meta.unsupported).")
     loadbalancer: Flag = Field(default=None, description="Accepted; the job queue already spreads work.")
+    refiner: Flag = Field(default=None, description="SDXL: finish the image on the installed SDXL refiner.")
 
 
 class Img2ImgRequest(Text2ImgRequest):
@@ -197,38 +212,58 @@ class ResolvedGeneration:
 
 
 def resolve_generation(
-    request: Text2ImgRequest, *, model_id: str, enhance_suffix: str = "", from_image: bool | None = None
+    request: Text2ImgRequest,
+    *,
+    model_id: str,
+    enhance_suffix: str = "",
+    from_image: bool | None = None,
+    family: FamilyInfo | None = None,
 ) -> ResolvedGeneration:
-    """Defaults, ranges and caps for every generation kind; the scheduler is planned here, once (`from_image`:
-    whether the job starts from an image; by default, whether the request is img2img or inpaint). Add-on ids are
-    checked for form here; whether they are on disk is checked by the route (api/addons.py)."""
+    """Defaults, ranges and caps for every generation kind, per the model's family (None: unknown, today's SD 1.5
+    rules); the scheduler is planned here, once (`from_image`: whether the job starts from an image; by default,
+    whether the request is img2img or inpaint). Fields the family ignores are dropped from the params and listed in
+    `meta.unsupported`. Add-on ids are checked for form here; whether they are loaded, by the route (api/addons.py)."""
     from_image = isinstance(request, Img2ImgRequest) if from_image is None else from_image
-    scheduler = _scheduler(request, from_image=from_image)
+    plan = plan_family(family)
+    scheduler = _scheduler(request, plan, from_image=from_image, family=family)
     enhance = request.enhance_prompt is not False
+    ignored = fields_not_applying(plan, request)
     # Checked in this order: the first broken rule is the one reported.
-    width, height = _side("width", request.width), _side("height", request.height)
+    width, height = side_for("width", request.width, plan), side_for("height", request.height, plan)
     samples = _in_range("samples", request.samples, DEFAULT_SAMPLES, 1, MAX_SAMPLES)
+    guidance, capped = guidance_for(request.guidance_scale, plan, ignored=GUIDANCE in ignored)
+    if capped:
+        ignored["guidance_scale"] = f"capped at {guidance:g}{plan.for_model()}; meta.guidance_scale is the value used"
     params = GenerationParams(
         prompt=_enhanced(request.prompt, enhance_suffix) if enhance else request.prompt,
-        negative_prompt=request.negative_prompt or "",
+        negative_prompt="" if NEGATIVE_PROMPT in ignored else request.negative_prompt or "",
         # Above the maximum is capped, not refused; meta.steps shows the value used.
-        steps=min(_in_range("num_inference_steps", request.num_inference_steps, DEFAULT_STEPS, 1, None), MAX_STEPS),
-        guidance_scale=_float_in_range("guidance_scale", request.guidance_scale, DEFAULT_GUIDANCE_SCALE, 1.0, 20.0),
+        steps=min(
+            _in_range("num_inference_steps", request.num_inference_steps, plan.default_steps, 1, None), MAX_STEPS
+        ),
+        guidance_scale=guidance,
         seed=_seed(request.seed),
         samples=samples,
         scheduler=scheduler,
-        clip_skip=_in_range("clip_skip", request.clip_skip, 1, 1, 8) if request.clip_skip is not None else None,
+        clip_skip=(
+            _in_range("clip_skip", request.clip_skip, 1, 1, 8)
+            if request.clip_skip is not None and CLIP_SKIP not in ignored
+            else None
+        ),
         strength=(
             _float_in_range("strength", request.strength, DEFAULT_STRENGTH, 0.0, 1.0)
             if isinstance(request, Img2ImgRequest)
             else DEFAULT_STRENGTH
         ),
-        loras=_loras(request.lora_model, request.lora_strength),
+        loras=() if LORA in ignored else _loras(request.lora_model, request.lora_strength),
         vae=_addon_ids("vae", (request.vae,) if request.vae else None, 1)[0] if request.vae else None,
-        embeddings=_addon_ids("embeddings_model", request.embeddings_model, MAX_EMBEDDINGS),
-        tomesd=DEFAULT_TOMESD if request.tomesd is None else request.tomesd,
+        embeddings=(
+            () if EMBEDDINGS in ignored else _addon_ids("embeddings_model", request.embeddings_model, MAX_EMBEDDINGS)
+        ),
+        tomesd=(DEFAULT_TOMESD if request.tomesd is None else request.tomesd) and TOMESD not in plan.unsupported_fields,
         safety_checker=DEFAULT_SAFETY_CHECKER if request.safety_checker is None else request.safety_checker,
         safety_checker_type=_safety_type(request.safety_checker_type),
+        refiner=bool(request.refiner) and REFINER not in plan.unsupported_fields,
     )
     return ResolvedGeneration(
         params=params,
@@ -237,7 +272,7 @@ def resolve_generation(
         height=height,
         from_image=from_image,
         enhance_prompt=enhance,
-        unsupported={name: why for name, why in UNSUPPORTED_FLAGS.items() if getattr(request, name)},
+        unsupported={name: why for name, why in UNSUPPORTED_FLAGS.items() if getattr(request, name)} | ignored,
         webhook=check_webhook(request.webhook),
         track_id=request.track_id,
         instant_response=bool(request.instant_response),
@@ -321,12 +356,6 @@ def _float_in_range(field: str, value: float | None, default: float, low: float,
     return value
 
 
-def _side(field: str, value: int | None) -> int:
-    side = _in_range(field, value, 512, MIN_SIDE, MAX_SIDE)
-    # Latent diffusion works on 8-pixel blocks; round down like the vendor and A1111 do.
-    return side - side % 8
-
-
 def _seed(value: int | None) -> int:
     if value is None or value == -1:
         return secrets.randbelow(SEED_LIMIT)
@@ -344,12 +373,13 @@ def check_webhook(value: str | None) -> str | None:
     return value
 
 
-def _scheduler(request: Text2ImgRequest, *, from_image: bool) -> SchedulerChoice:
-    name = request.scheduler or DEFAULT_SCHEDULER_NAME
+def _scheduler(
+    request: Text2ImgRequest, plan: FamilyPlan, *, from_image: bool, family: FamilyInfo | None
+) -> SchedulerChoice:
+    name = request.scheduler or plan.default_scheduler
     karras = DEFAULT_KARRAS_SIGMAS if request.use_karras_sigmas is None else request.use_karras_sigmas
     try:
-        return plan_scheduler(name, karras, request.algorithm_type, from_image=from_image)
+        return plan_scheduler(name, karras, request.algorithm_type, from_image=from_image, family=family)
     except SchedulerError as exc:
-        raise ValidationError(
-            f"scheduler: {exc.message}", field_errors={"scheduler": [f"{exc.message}, got {name!r}"]}
-        ) from None
+        rule = f"{exc.message}, got {name!r}"
+        raise ValidationError(f"scheduler: {rule}", field_errors={"scheduler": [rule]}) from None

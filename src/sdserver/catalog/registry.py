@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from sdserver.catalog.families.kinds import FamilyInfo, FewStep, ModelFamily, PredictionType
 from sdserver.database import metadata, utcnow
 from sdserver.errors import ValidationError
 from sdserver.jobs import JobStatus
@@ -51,6 +52,12 @@ models = sa.Table(
     sa.Column("job_id", sa.Integer, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=True),
+    # What the load job detected in the files (catalog.families); NULL: not known (rows from before detection,
+    # pickled checkpoints, add-ons whose keys do not tell). Nullable, so database.add_missing_columns adds them.
+    sa.Column("family", sa.String(32), nullable=True),
+    sa.Column("prediction_type", sa.String(32), nullable=True),
+    sa.Column("few_step", sa.String(16), nullable=True),
+    sa.Column("inpainting", sa.Boolean, nullable=True),
     sa.UniqueConstraint("kind", "model_id", name="uq_models_kind_model_id"),
 )
 
@@ -68,6 +75,23 @@ class ModelRecord:
     job_id: int | None
     created_at: datetime
     loaded_at: datetime | None
+    family: ModelFamily | None = None
+    prediction_type: PredictionType | None = None
+    few_step: FewStep | None = None
+    inpainting: bool | None = None
+
+    @property
+    def family_info(self) -> FamilyInfo | None:
+        """What the load detected, as catalog.families reports it; None when no family was recorded."""
+        if self.family is None:
+            return None
+        return FamilyInfo(
+            self.family,
+            self.prediction_type,
+            inpainting=bool(self.inpainting),
+            few_step=self.few_step,
+            evidence="recorded by the load job",
+        )
 
     @property
     def progress_percent(self) -> float:
@@ -98,6 +122,7 @@ class ModelRegistry:
             "job_id": None,
             "created_at": to_db_time(self._clock()),
             "loaded_at": None,
+            **_family_values(None),
         }
         with self._engine.begin() as conn:
             _reconcile(conn)
@@ -134,6 +159,10 @@ class ModelRegistry:
             bytes_total=size,
             loaded_at=to_db_time(self._clock()),
         )
+
+    def set_family(self, kind: ModelKind, model_id: str, info: FamilyInfo | None) -> bool:
+        """Record what detection found (None: clear it); the load job calls this before it marks the row ready."""
+        return self._update(kind, model_id, **_family_values(info))
 
     def mark_failed(self, kind: ModelKind, model_id: str, message: str) -> bool:
         return self._update(kind, model_id, state=ModelState.FAILED.value, message=message)
@@ -182,6 +211,27 @@ def _select(conn: Connection, kind: ModelKind, model_id: str) -> sa.Row[Any]:
     return conn.execute(sa.select(models).where(*_key(kind, model_id))).one()
 
 
+def _family_values(info: FamilyInfo | None) -> dict[str, Any]:
+    if info is None:
+        return {"family": None, "prediction_type": None, "few_step": None, "inpainting": None}
+    return {
+        "family": info.family.value,
+        "prediction_type": info.prediction_type.value if info.prediction_type else None,
+        "few_step": info.few_step.value if info.few_step else None,
+        "inpainting": info.inpainting,
+    }
+
+
+def _enum_or_none(enum: type[Any], value: str | None) -> Any:
+    """A stored enum value, or None for NULL and for values a newer build wrote that this one does not know."""
+    if value is None:
+        return None
+    try:
+        return enum(value)
+    except ValueError:
+        return None
+
+
 def _reconcile(conn: Connection) -> None:
     """A loading row whose job failed or was cancelled without the engine saying so (worker killed on its last
     attempt) shows as failed, with the job's reason."""
@@ -218,4 +268,8 @@ def _record(row: sa.Row[Any]) -> ModelRecord:
         job_id=row.job_id,
         created_at=stored_time(row.created_at),
         loaded_at=from_db_time(row.loaded_at),
+        family=_enum_or_none(ModelFamily, row.family),
+        prediction_type=_enum_or_none(PredictionType, row.prediction_type),
+        few_step=_enum_or_none(FewStep, row.few_step),
+        inpainting=row.inpainting,
     )

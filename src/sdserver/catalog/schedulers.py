@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from sdserver.catalog.families.capabilities import FLOW_MATCH_SCHEDULERS, model_capabilities
+from sdserver.catalog.families.kinds import FamilyInfo
 from sdserver.errors import JobErrorCode
 from sdserver.job_params import SchedulerChoice
 
@@ -88,7 +90,9 @@ A1111_ALIASES: Final[dict[str, tuple[str, bool, str | None]]] = {
     "LCM": ("LCMScheduler", False, None),
 }
 _ALIASES_FOLDED: Final = {name.casefold(): value for name, value in A1111_ALIASES.items()}
-_CLASSES_FOLDED: Final = {name.casefold(): name for name in (*SCHEDULER_NAMES, *EXTRA_SCHEDULER_NAMES)}
+_CLASSES_FOLDED: Final = {
+    name.casefold(): name for name in (*SCHEDULER_NAMES, *EXTRA_SCHEDULER_NAMES, *sorted(FLOW_MATCH_SCHEDULERS))
+}
 
 
 class SchedulerError(ValueError):
@@ -120,21 +124,38 @@ def normalize_algorithm_type(value: str | None) -> str | None:
 
 
 def plan_scheduler(
-    name: str, use_karras_sigmas: bool, algorithm_type: str | None, *, from_image: bool = False
+    name: str,
+    use_karras_sigmas: bool,
+    algorithm_type: str | None,
+    *,
+    from_image: bool = False,
+    family: FamilyInfo | None = None,
 ) -> SchedulerChoice:
-    """The scheduler a job runs with (`from_image`: img2img or inpaint); raises SchedulerError for names that are
-    unknown or cannot sample SD (or cannot start from an image)."""
+    """The scheduler a job runs with (`from_image`: img2img or inpaint) on a model of `family` (None: unknown, the
+    UNet schedulers); raises SchedulerError for names that are unknown, cannot sample this family's models or
+    cannot start from an image. The errors name the valid classes."""
+    valid = model_capabilities(family).schedulers if family is not None else SAMPLING_SCHEDULERS
     found = canonical_scheduler(name)
     if found is None:
         raise SchedulerError(
-            JobErrorCode.UNKNOWN_SCHEDULER,
-            f"scheduler {name!r} is not known; use one of {', '.join(sorted(SAMPLING_SCHEDULERS))}",
+            JobErrorCode.UNKNOWN_SCHEDULER, f"scheduler {name!r} is not known; use one of {', '.join(sorted(valid))}"
         )
     class_name, alias_karras, alias_algorithm = found
     if class_name in UNSUPPORTED_SCHEDULERS:
         raise SchedulerError(
             JobErrorCode.UNSUPPORTED_SCHEDULER,
             f"{class_name} cannot sample a Stable Diffusion model; use e.g. DPMSolverMultistepScheduler",
+        )
+    if family is not None and class_name not in valid:
+        raise SchedulerError(
+            JobErrorCode.UNSUPPORTED_SCHEDULER,
+            f"{class_name} cannot sample {_family_name(family)} models; valid for this family: "
+            f"{', '.join(sorted(valid))}",
+        )
+    if family is None and class_name in FLOW_MATCH_SCHEDULERS:
+        raise SchedulerError(
+            JobErrorCode.UNSUPPORTED_SCHEDULER,
+            f"{class_name} samples SD3 and Flux models only; use one of {', '.join(sorted(valid))}",
         )
     if from_image and class_name in NOISE_ONLY_SCHEDULERS:
         raise SchedulerError(
@@ -147,3 +168,7 @@ def plan_scheduler(
     # An algorithm the class lacks is not applied; meta then shows the class's own (or none).
     applied = (wanted if wanted in allowed else allowed[0]) if allowed else None
     return SchedulerChoice(class_name, karras and class_name in KARRAS_SCHEDULERS, applied)
+
+
+def _family_name(family: FamilyInfo) -> str:
+    return f"{family.family.value} ({family.few_step.value})" if family.few_step else family.family.value

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Final
 
 from sdserver.catalog.downloads import download_to_part
+from sdserver.catalog.families import FamilyInfo
+from sdserver.catalog.families.loras import detect_lora
+from sdserver.catalog.families.staged import detect_staged
 from sdserver.catalog.files import (
     SOURCE_HUB,
     SOURCE_LOCAL,
@@ -24,12 +27,12 @@ from sdserver.catalog.files import (
     stale_parts,
     tree_size,
 )
-from sdserver.catalog.layout import models_dir_for
+from sdserver.catalog.layout import CHECKPOINTS_DIR, CONFIG_DIR_SUFFIX, MODEL_INDEX, models_dir_for
 from sdserver.catalog.registry import ModelKind, ModelRegistry
 from sdserver.config import Settings
 from sdserver.engines.base import EngineOutput, JobFailed, StepContext
 from sdserver.engines.model_files import ModelFiles
-from sdserver.errors import FetchError, JobErrorCode, StorageError
+from sdserver.errors import FetchError, JobErrorCode, StorageError, UnsupportedModelError
 from sdserver.job_params import ModelLoadParams
 from sdserver.jobs import Job, JobKind
 from sdserver.netguard import FetchPolicy
@@ -112,13 +115,19 @@ class ModelLoaderEngine:
         kind, model_id = ModelKind(params.model_kind), job.model_id
         report = _Reporter(registry, kind, model_id, ctx)
         try:
-            installed = self._fetch_and_install(kind, model_id, params, report)
+            installed, family = self._fetch_and_install(kind, model_id, params, report)
             # Before the row turns ready: a worker on another box may be asked for the model right after.
             self._files.publish(kind, model_id, installed)
         except (FetchError, ModelFileError, OSError, StorageError) as exc:
             message = f"Model load failed: {_reason(exc)}"
             registry.mark_failed(kind, model_id, message)
             raise JobFailed(JobErrorCode.MODEL_LOAD_FAILED, message) from None
+        except UnsupportedModelError as exc:
+            message = f"Model load failed: {exc.message}"
+            registry.mark_failed(kind, model_id, message)
+            raise JobFailed(JobErrorCode.UNSUPPORTED_MODEL, message) from None
+        # Recorded before the row turns ready, so a ready row always carries what detection found.
+        registry.set_family(kind, model_id, family)
         size = tree_size(installed)
         fmt = "diffusers" if installed.is_dir() else installed.suffix.lstrip(".")
         if not registry.mark_ready(kind, model_id, format=fmt, size=size):
@@ -128,24 +137,46 @@ class ModelLoaderEngine:
         log.info("model %s (%s) loaded: %s, %d bytes", model_id, kind.value, installed, size)
         return EngineOutput(images=[], meta={"model_id": model_id, "model_type": kind.value, "format": fmt})
 
-    def _fetch_and_install(self, kind: ModelKind, model_id: str, params: ModelLoadParams, report: _Reporter) -> Path:
+    def _fetch_and_install(
+        self, kind: ModelKind, model_id: str, params: ModelLoadParams, report: _Reporter
+    ) -> tuple[Path, FamilyInfo | None]:
         source_type, source = params.source_type, params.source
         if source_type == SOURCE_URL:
             part = part_path(self._models_dir, kind, model_id, source)
             download_to_part(source, part, self._policy, report)
+            family = self._detect_staged(kind, model_id, part)
             installed = install_file(self._models_dir, kind, model_id, part)
         elif source_type == SOURCE_HUB:
             staged = self._hub_snapshot(kind, model_id, source, params.revision, report)
+            family = self._detect_staged(kind, model_id, staged)
             installed = install_folder(self._models_dir, kind, model_id, staged)
         elif source_type == SOURCE_LOCAL:
-            installed = self._import_local(kind, model_id, source, report)
+            installed, family = self._import_local(kind, model_id, source, report)
         else:
             raise ModelFileError(f"unknown source type {source_type!r}")
         for leftover in stale_parts(self._models_dir, kind, model_id):
             _remove(leftover)
-        return installed
+        return installed, family
 
-    def _import_local(self, kind: ModelKind, model_id: str, source: str, report: _Reporter) -> Path:
+    def _detect_staged(self, kind: ModelKind, model_id: str, staged: Path) -> FamilyInfo | None:
+        """The family of staged files, before they replace anything; files of no supported family are removed and
+        the load fails with what detection found (a worker would only fail on them later, after evicting a model)."""
+        if kind is ModelKind.LORA:
+            return detect_lora(staged)
+        if kind is not ModelKind.CHECKPOINT:
+            return None
+        config_dir = self._models_dir / CHECKPOINTS_DIR / f"{model_id}{CONFIG_DIR_SUFFIX}"
+        try:
+            return detect_staged(
+                staged, model_id, config_dir=config_dir if (config_dir / MODEL_INDEX).is_file() else None
+            )
+        except UnsupportedModelError:
+            _remove(staged)
+            raise
+
+    def _import_local(
+        self, kind: ModelKind, model_id: str, source: str, report: _Reporter
+    ) -> tuple[Path, FamilyInfo | None]:
         path = local_import_path(source, self._settings.model_import_dirs)
         size = tree_size(path)
         if size > self._policy.max_bytes:
@@ -158,9 +189,11 @@ class ModelLoaderEngine:
             # The import dir is the operator's: copy, never move.
             shutil.copytree(path, staged, symlinks=False)
             report(size, size)
-            return install_folder(self._models_dir, kind, model_id, staged)
+            family = self._detect_staged(kind, model_id, staged)
+            return install_folder(self._models_dir, kind, model_id, staged), family
         _copy_with_progress(path, staged, size, report)
-        return install_file(self._models_dir, kind, model_id, staged)
+        family = self._detect_staged(kind, model_id, staged)
+        return install_file(self._models_dir, kind, model_id, staged), family
 
     def _hub_snapshot(
         self, kind: ModelKind, model_id: str, repo_id: str, revision: str | None, report: _Reporter

@@ -5,36 +5,53 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from sdserver.api.aliases import CONTROLNET_PATHS, add_alias_routes, family_prefix
 from sdserver.api.client_images import store_client_image
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
+from sdserver.api.family_checks import require_runnable
 from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import allocate_outputs
 from sdserver.api.routes.generation import check_addons_exist, model_id_for, submit_generation
-from sdserver.api.schemas_controlnet import ControlNetRequest, ResolvedControlNet, resolve_controlnet
+from sdserver.api.schemas_controlnet import ControlNetRequest, ResolvedControlNet, controlnet_mode, resolve_controlnet
 from sdserver.api.schemas_generation import ResolvedGeneration
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
-from sdserver.catalog.layout import AddonKind
-from sdserver.job_params import JobReply
+from sdserver.catalog.registry import ModelKind, ModelState
+from sdserver.job_params import ControlNetMode, JobReply
 from sdserver.jobs import JobKind
 
 router = APIRouter(tags=["generation"])
 
 # The image fields, in the order they are stored.
 _IMAGE_FIELDS = ("init_image", "control_image", "mask_image")
+# The generation kind each ControlNet mode needs of the model's family.
+_MODE_KINDS = {
+    ControlNetMode.TEXT2IMG: JobKind.TEXT2IMG,
+    ControlNetMode.IMG2IMG: JobKind.IMG2IMG,
+    ControlNetMode.INPAINT: JobKind.INPAINT,
+}
 
 
 async def controlnet(request: Request, services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
     body = validate_request(ControlNetRequest, params.values)
-    resolved, control = resolve_controlnet(
-        body,
-        model_id=model_id_for(services, body.model_id),
-        controlnet_exists=lambda controlnet_id: services.models.addon_exists(AddonKind.CONTROLNET, controlnet_id),
-        enhance_suffix=services.settings.enhance_prompt_suffix,
+    model_id = model_id_for(services, body.model_id)
+    family = await run_in_threadpool(
+        require_runnable, services.models, model_id, _MODE_KINDS[controlnet_mode(body)], controlnet=True
     )
-    check_addons_exist(services, resolved)
+    resolved, control = await run_in_threadpool(
+        lambda: resolve_controlnet(
+            body,
+            model_id=model_id,
+            controlnet_exists=lambda controlnet_id: (
+                services.models.addon_state(ModelKind.CONTROLNET, controlnet_id) is ModelState.READY
+            ),
+            enhance_suffix=services.settings.enhance_prompt_suffix,
+            family=family,
+        )
+    )
+    await run_in_threadpool(check_addons_exist, services, resolved, family)
     reply = _reply(resolved, control, body, request.url.path)
     run = control.job_params(resolved.params, await _input_keys(services, body, caller))
     keys, links = allocate_outputs(services, resolved.params.samples, temp=resolved.temp)

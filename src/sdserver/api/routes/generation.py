@@ -7,11 +7,13 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
-from sdserver.api.addons import require_addons
+from sdserver.api.addons import require_addons, require_lora_families
 from sdserver.api.aliases import IMG2IMG_PATHS, INPAINT_PATHS, TEXT2IMG_PATHS, add_alias_routes, family_prefix
 from sdserver.api.client_images import store_client_image
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
+from sdserver.api.family_checks import require_runnable
 from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import allocate_outputs, run_job
 from sdserver.api.schemas_generation import (
@@ -23,7 +25,8 @@ from sdserver.api.schemas_generation import (
 )
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
-from sdserver.catalog.layout import AddonKind
+from sdserver.catalog.families import FamilyInfo
+from sdserver.catalog.registry import ModelKind
 from sdserver.errors import ModelNotFoundError, ValidationError
 from sdserver.job_params import GenerationParams, JobParams, JobReply
 from sdserver.jobs import JobKind, JobSpec
@@ -41,13 +44,15 @@ def model_id_for(services: Services, requested: str | None) -> str:
     return model_id
 
 
-def check_addons_exist(services: Services, resolved: ResolvedGeneration) -> None:
-    """Every LoRA, VAE and embedding id the request names must exist now (a clear error beats a failed job)."""
-    catalog = services.models
-    params = resolved.params
-    require_addons(catalog, AddonKind.LORA, "lora_model", [lora for lora, _ in params.loras])
-    require_addons(catalog, AddonKind.VAE, "vae", [params.vae] if params.vae else [])
-    require_addons(catalog, AddonKind.EMBEDDING, "embeddings_model", list(params.embeddings))
+def check_addons_exist(services: Services, resolved: ResolvedGeneration, family: FamilyInfo | None = None) -> None:
+    """Every LoRA, VAE and embedding id the request names must be loaded now, and each LoRA must fit the model's
+    family (a clear error beats a failed job)."""
+    models, params = services.models, resolved.params
+    loras = [lora for lora, _ in params.loras]
+    require_addons(models, ModelKind.LORA, "lora_model", loras)
+    require_addons(models, ModelKind.VAE, "vae", [params.vae] if params.vae else [])
+    require_addons(models, ModelKind.EMBEDDINGS, "embeddings_model", list(params.embeddings))
+    require_lora_families(models, resolved.model_id, family, loras)
 
 
 async def _with_input_images(
@@ -82,12 +87,12 @@ async def _generate(
     kind: JobKind, schema: type[Text2ImgRequest], request: Request, services: Services, caller: ApiKey, values: Any
 ) -> dict[str, Any]:
     body = validate_request(schema, values)
+    model_id = model_id_for(services, body.model_id)
+    family = await run_in_threadpool(require_runnable, services.models, model_id, kind)
     resolved = resolve_generation(
-        body,
-        model_id=model_id_for(services, body.model_id),
-        enhance_suffix=services.settings.enhance_prompt_suffix,
+        body, model_id=model_id, enhance_suffix=services.settings.enhance_prompt_suffix, family=family
     )
-    check_addons_exist(services, resolved)
+    await run_in_threadpool(check_addons_exist, services, resolved, family)
     keys, links = allocate_outputs(services, resolved.params.samples, temp=resolved.temp)
     reply = _reply(resolved, body, request.url.path, keys)
     params = await _with_input_images(services, resolved.params, body, caller)

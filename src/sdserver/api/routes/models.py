@@ -29,6 +29,8 @@ from sdserver.api.schemas_models import (
 )
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
+from sdserver.catalog.families.cache import Detected
+from sdserver.catalog.families.capabilities import model_capabilities
 from sdserver.catalog.files import remove_model_files
 from sdserver.catalog.manifests import ManifestStore
 from sdserver.catalog.registry import ModelKind, ModelState
@@ -65,12 +67,40 @@ async def verify_model(services: ServicesDep, caller: CallerDep, params: ParamsD
     model_id = validate_request(VerifyModelRequest, params.values).model_id
     if not await run_in_threadpool(services.models.knows, model_id):
         raise ModelNotFoundError.for_id(model_id)
-    return {"status": "success", "message": "Model exists on server"}
+    reply: dict[str, Any] = {"status": "success", "message": "Model exists on server"}
+    if await run_in_threadpool(services.models.exists, model_id):
+        # Extra fields: whether the generation model can run here and what, so a client learns it before generating.
+        detected = await run_in_threadpool(services.models.family, model_id)
+        reply |= family_fields(detected)
+        if detected.info is not None:
+            capabilities = model_capabilities(detected.info)
+            reply["runs"] = [kind.value for kind in JobKind if kind in capabilities.kinds]
+            reply["schedulers"] = sorted(capabilities.schedulers)
+    return reply
 
 
 async def get_all_models(services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
-    entries = await run_in_threadpool(services.models.all_models)
-    return {"status": "success", "models": [_public(entry) for entry in entries]}
+    def listing() -> list[dict[str, Any]]:
+        return [
+            _public(entry) | family_fields(services.models.entry_family(entry))
+            for entry in services.models.all_models()
+        ]
+
+    return {"status": "success", "models": await run_in_threadpool(listing)}
+
+
+def family_fields(detected: Detected) -> dict[str, Any]:
+    """`family` (None: unknown), the prediction type and few-step hint, and `supported: false` with the reason for
+    files of no supported layout."""
+    info = detected.info
+    fields: dict[str, Any] = {
+        "family": info.family.value if info else None,
+        "prediction_type": info.prediction_type.value if info and info.prediction_type else None,
+        "few_step": info.few_step.value if info and info.few_step else None,
+    }
+    if detected.unsupported is not None:
+        fields |= {"family": "unsupported", "supported": False, "unsupported_reason": detected.unsupported}
+    return fields
 
 
 async def delete_model(services: ServicesDep, caller: AdminDep, params: ParamsDep) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from sdserver.api.deps import AdminDep, CallerDep, ParamsDep, ServicesDep
 from sdserver.api.metrics import CONTENT_TYPE, Metrics, address_allowed
 from sdserver.api.params import find_api_key, read_params
 from sdserver.api.replies import error_reply_for
+from sdserver.api.routes.models import family_fields
 from sdserver.api.storage_control import UpdateS3Request, s3_config_from, switch_to_s3
 from sdserver.catalog.schedulers import SAMPLING_SCHEDULERS, SCHEDULER_NAMES
 from sdserver.errors import ForbiddenError, SdError
@@ -136,16 +137,20 @@ async def update_server(_admin: AdminDep) -> dict[str, Any]:
 
 
 async def sync_models(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:
-    entries = await run_in_threadpool(services.models.all_models)
-    models = [
-        {
-            "model_id": entry.model_id,
-            "model_type": entry.kind.value,
-            "state": entry.state.value,
-            "load_data": _vendor_time(entry.loaded_at),
-        }
-        for entry in entries
-    ]
+    def listing() -> list[dict[str, Any]]:
+        # Detects the family of models dropped into the models folder (headers and configs only; cached).
+        return [
+            {
+                "model_id": entry.model_id,
+                "model_type": entry.kind.value,
+                "state": entry.state.value,
+                "load_data": _vendor_time(entry.loaded_at),
+                **family_fields(services.models.entry_family(entry)),
+            }
+            for entry in services.models.all_models()
+        ]
+
+    models = await run_in_threadpool(listing)
     return {
         "status": "success",
         # sync_key names a vendor-hosted catalogue; a self-hosted server has only its own models to offer.

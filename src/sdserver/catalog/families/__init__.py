@@ -19,6 +19,7 @@ from sdserver.catalog.layout import ModelFormat, ModelSource
 from sdserver.errors import UnsupportedModelError
 
 __all__ = [
+    "FLOW_FAMILIES",
     "PICKLE_SUFFIXES",
     "REQUIRED_COMPONENTS",
     "SUPPORTED_PIPELINES",
@@ -35,7 +36,7 @@ __all__ = [
 
 # Pickled checkpoints: their tensor names can only be read by unpickling, which only a worker may do.
 PICKLE_SUFFIXES: Final = (".ckpt", ".pt", ".pth", ".bin")
-_FLOW_FAMILIES: Final = frozenset({ModelFamily.SD3, ModelFamily.FLUX})
+FLOW_FAMILIES: Final = frozenset({ModelFamily.SD3, ModelFamily.FLUX})
 
 
 def detect_family(path: Path, *, config_dir: Path | None = None) -> FamilyInfo | None:
@@ -56,7 +57,7 @@ def detect_family(path: Path, *, config_dir: Path | None = None) -> FamilyInfo |
     if suffix != ".safetensors":
         raise UnsupportedModelError(f"{path.name}: not a diffusers folder, a .safetensors or a .ckpt checkpoint")
     info = detect_checkpoint(read_safetensors_header(path), path.name)
-    if config_dir is None or info.family in _FLOW_FAMILIES:
+    if config_dir is None or info.family in FLOW_FAMILIES:
         return info
     prediction_type, few_step = scheduler_hints(config_dir)
     return FamilyInfo(
