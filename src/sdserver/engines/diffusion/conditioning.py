@@ -19,6 +19,7 @@ from sdserver.errors import JobErrorCode
 # works on every transformers version); SD 1.x/2.x go through prompts.py instead.
 _PIPELINE_CLIP_SKIP: Final = frozenset({ModelFamily.SDXL, ModelFamily.SDXL_REFINER, ModelFamily.SD3})
 _SDXL_FAMILIES: Final = frozenset({ModelFamily.SDXL, ModelFamily.SDXL_REFINER})
+_FLOW_FAMILIES: Final = frozenset({ModelFamily.SD3, ModelFamily.FLUX})
 
 
 def family_clip_skip(model: LoadedModel, requested: int | None) -> int | None:
@@ -47,7 +48,10 @@ def prompt_kwargs(
 
 def size_kwargs(model: LoadedModel, width: int, height: int) -> dict[str, Any]:
     """SDXL conditions on the original and target size (and crop): the job's size, so it renders a whole picture
-    of that size rather than a crop of a larger one."""
+    of that size rather than a crop of a larger one. SD3 and Flux take the output size in every kind (their
+    img2img would otherwise render at the default size, whatever the input's)."""
+    if model.family in _FLOW_FAMILIES:
+        return {"height": height, "width": width}
     if model.family not in _SDXL_FAMILIES:
         return {}
     return {"original_size": (height, width), "target_size": (height, width), "crops_coords_top_left": (0, 0)}

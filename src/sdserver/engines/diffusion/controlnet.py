@@ -212,6 +212,8 @@ def _pipeline(model: LoadedModel, mode: ControlNetMode, controlnets: list[Any], 
         base,
         controlnet=controlnets if len(controlnets) > 1 else controlnets[0],
         scheduler=scheduler,
+        # from_pipe casts the shared modules to this (float32 unless told).
+        dtype=model.placement.dtype,
         **LOAD_OPTIONS[model.family],
     )
     pipeline.set_progress_bar_config(disable=True)

@@ -106,8 +106,13 @@ def load_model(source: ModelSource, placement: Placement, info: FamilyInfo) -> L
     if placement.device != "cpu":
         base.to(placement.device)
     _settle_prediction_type(base, info)
+    for component in base.components.values():
+        if isinstance(component, torch.nn.Module):
+            # Single-file loading can leave text encoders in training mode (T5's dropout would make every run differ).
+            component.eval()
+    # from_pipe casts every shared module to its `dtype` (float32 unless told): the placement's, or bf16 is undone.
     pipelines = {
-        kind: base if type(base) is cls else cls.from_pipe(base, **LOAD_OPTIONS[info.family])
+        kind: base if type(base) is cls else cls.from_pipe(base, dtype=placement.dtype, **LOAD_OPTIONS[info.family])
         for kind, cls in classes.items()
     }
     for pipeline in pipelines.values():
