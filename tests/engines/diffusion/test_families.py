@@ -42,9 +42,10 @@ SCHEDULERS = {TinyFamily.SD3: FLOW, TinyFamily.FLUX: FLOW, TinyFamily.LCM: LCM}
 REFINER_ID = "xl-refiner"
 CONTROLNET_ID = "xl-canny"
 # (model id, recipe): every recipe as a folder, and as a single file except Flux (names.FOLDER_ONLY says why).
-MODELS = [(family.value, family) for family in TinyFamily if family is not TinyFamily.SDXL_REFINER] + [
-    (f"{family.value}-file", family)
-    for family in (TinyFamily.SD15, TinyFamily.SD2V, TinyFamily.SDXL, TinyFamily.SD3, TinyFamily.LCM)
+# SD 1.5 in both forms is test_engine.py's subject, and an LCM file is an SD 1.5 file with an LCM scheduler config.
+FAMILIES = (TinyFamily.SD2V, TinyFamily.SDXL, TinyFamily.SD3, TinyFamily.FLUX, TinyFamily.LCM)
+MODELS = [(family.value, family) for family in FAMILIES] + [
+    (f"{family.value}-file", family) for family in (TinyFamily.SD2V, TinyFamily.SDXL, TinyFamily.SD3)
 ]
 
 
