@@ -243,3 +243,33 @@ def _make_sdxl_controlnet(models_dir: Path) -> None:
         for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
             conv.weight.normal_(0.0, 0.2)
     controlnet.save_pretrained(addon_dir(models_dir, AddonKind.CONTROLNET) / CONTROLNET_ID, safe_serialization=True)
+
+
+@pytest.mark.parametrize("model_id", ["sdxl", "sd3", "flux"])
+def test_a_lora_for_the_family_changes_its_images(world: World, model_id: str) -> None:
+    family = TinyFamily(model_id)
+    lora_id = f"{model_id}-lora"
+    _make_family_lora(world.data_dir / "models", lora_id, family)
+    plain = world.run(world.job(model_id, JobKind.TEXT2IMG, family))
+    with_lora = world.run(world.job(model_id, JobKind.TEXT2IMG, family, loras=((lora_id, 1.0),)))
+    assert with_lora.images[0] != plain.images[0]
+    # Taken off after the job: the model makes its plain images again.
+    assert world.run(world.job(model_id, JobKind.TEXT2IMG, family)).images == plain.images
+
+
+def _make_family_lora(models_dir: Path, lora_id: str, family: TinyFamily) -> None:
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = build_tiny_family_pipeline(family, seed=3)
+    denoiser = pipe.unet if family is TinyFamily.SDXL else pipe.transformer
+    torch.manual_seed(9)
+    denoiser.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False)
+    )
+    layers = get_peft_model_state_dict(denoiser)
+    folder = addon_dir(models_dir, AddonKind.LORA)
+    if family is TinyFamily.SDXL:
+        type(pipe).save_lora_weights(folder, unet_lora_layers=layers, weight_name=f"{lora_id}.safetensors")
+    else:
+        type(pipe).save_lora_weights(folder, transformer_lora_layers=layers, weight_name=f"{lora_id}.safetensors")
