@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from diffusers import ControlNetModel, LCMScheduler
+from diffusers import ControlNetModel, FluxFillPipeline, FluxTransformer2DModel, LCMScheduler
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -273,3 +273,34 @@ def _make_family_lora(models_dir: Path, lora_id: str, family: TinyFamily) -> Non
         type(pipe).save_lora_weights(folder, unet_lora_layers=layers, weight_name=f"{lora_id}.safetensors")
     else:
         type(pipe).save_lora_weights(folder, transformer_lora_layers=layers, weight_name=f"{lora_id}.safetensors")
+
+
+def test_a_flux_fill_model_inpaints_only(world: World) -> None:
+    _make_flux_fill(world.data_dir / "models", "flux-fill")
+    output = world.run(world.job("flux-fill", JobKind.INPAINT, TinyFamily.FLUX))
+    assert pixels(output.images[0]).shape == (SIZE, SIZE, 3)
+    assert output.meta["model_family"] == "flux"
+    failure = world.failure(world.job("flux-fill", JobKind.TEXT2IMG, TinyFamily.FLUX))
+    assert failure.code == "unsupported_model" and "inpainting model" in failure.message
+
+
+def _make_flux_fill(models_dir: Path, model_id: str) -> None:
+    """FLUX.1 Fill's layout: the Flux transformer also reads the masked image's latents and the 8x8-packed mask."""
+    pipe = build_tiny_family_pipeline(TinyFamily.FLUX, seed=3)
+    torch.manual_seed(4)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=384,
+        out_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=pipe.transformer.config.joint_attention_dim,
+        pooled_projection_dim=pipe.transformer.config.pooled_projection_dim,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    )
+    parts = {name: part for name, part in pipe.components.items() if name not in {"image_encoder", "feature_extractor"}}
+    fill = FluxFillPipeline(**(parts | {"transformer": transformer.eval()}))
+    fill.save_pretrained(models_dir / "diffusers" / model_id, safe_serialization=True)

@@ -34,7 +34,6 @@ __all__ = [
     "bundled_config_dir",
     "checkpoint_shapes",
     "load_model",
-    "unet_in_channels",
 ]
 
 # The safety checker is the server's own (issue 4), never the one a model folder may carry.
@@ -175,10 +174,3 @@ def module_bytes(pipeline: Any) -> int:
                 seen.add(id(tensor))
                 total += tensor.numel() * tensor.element_size()
     return total
-
-
-def unet_in_channels(model: LoadedModel) -> int:
-    """Input channels of the model's UNet or transformer (9 for an inpainting UNet)."""
-    pipeline = next(iter(model.pipelines.values()))
-    denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
-    return int(denoiser.config.in_channels)

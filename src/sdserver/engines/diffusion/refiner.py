@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -12,11 +13,12 @@ import torch
 from PIL import Image
 
 from sdserver.catalog.families import ModelFamily, UnsupportedModelError, detect_source_family
-from sdserver.catalog.layout import find_model, list_models
+from sdserver.catalog.layout import ModelSource, find_model, list_models
 from sdserver.engines.base import StepContext
 from sdserver.engines.diffusion.conditioning import prompt_kwargs
 from sdserver.engines.diffusion.loader import LoadedModel
 from sdserver.engines.diffusion.schedulers import build_scheduler
+from sdserver.job_params import SchedulerChoice
 from sdserver.jobs import JobKind
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ def find_refiner_id(models_dir: Path, configured: str | None) -> tuple[str | Non
     return None, f"{NOT_INSTALLED}: several refiners ({', '.join(found)}); set SDSERVER_SDXL_REFINER to one"
 
 
-def _is_refiner(source: Any) -> bool:
+def _is_refiner(source: ModelSource) -> bool:
     try:
         info = detect_source_family(source)
     except UnsupportedModelError:
@@ -75,12 +77,12 @@ def run_refined(
     base_pipeline: Any,
     refiner: LoadedModel,
     base_kwargs: dict[str, Any],
-    make_common: Any,
+    make_common: Callable[[StepContext], dict[str, Any]],
     *,
     prompt: str,
     negative_prompt: str | None,
     skip: int | None,
-    scheduler_choice: Any,
+    scheduler_choice: SchedulerChoice,
     seed: int,
     steps: int,
     ctx: StepContext,
