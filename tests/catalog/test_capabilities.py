@@ -55,3 +55,13 @@ def test_inpainting_models_serve_inpaint_and_the_refiner_no_text2img() -> None:
     fill = FamilyInfo(ModelFamily.FLUX, PredictionType.FLOW_MATCH, inpainting=True)
     assert model_capabilities(fill).kinds == {JobKind.INPAINT}
     assert JobKind.TEXT2IMG not in FAMILY_CAPABILITIES[ModelFamily.SDXL_REFINER].kinds
+
+
+def test_embeddings_are_refused_beyond_the_single_encoder_families() -> None:
+    refusing = {
+        family
+        for family, capabilities in FAMILY_CAPABILITIES.items()
+        if "embeddings_model" in capabilities.refused_fields
+    }
+    assert refusing == set(ModelFamily) - {ModelFamily.SD15, ModelFamily.SD2}
+    assert not FAMILY_CAPABILITIES[ModelFamily.SDXL].applies("embeddings_model")

@@ -68,8 +68,11 @@ class FamilyCapabilities:
     default_steps: int
     default_guidance: float
     max_guidance: float
-    # Request fields the family has no use for: accepted, not applied, reported.
+    # Request fields the family has no use for: accepted, not applied, reported (`meta.unsupported`).
     unsupported_fields: frozenset[str]
+    # Request fields the family cannot honour at all: a request that sets them is refused (invalid_params), and the
+    # engine fails a stored job that has them.
+    refused_fields: frozenset[str] = frozenset()
     lora: bool = True
     vae: bool = True
 
@@ -83,7 +86,7 @@ class FamilyCapabilities:
         )
 
     def applies(self, field_name: str) -> bool:
-        return field_name not in self.unsupported_fields
+        return field_name not in self.unsupported_fields and field_name not in self.refused_fields
 
 
 def _unet_family(
@@ -95,6 +98,7 @@ def _unet_family(
     default_steps: int,
     default_guidance: float,
     unsupported_fields: frozenset[str],
+    refused_fields: frozenset[str] = frozenset(),
 ) -> FamilyCapabilities:
     """The UNet families share the samplers of the scheduler table and 8-pixel sizes."""
     return FamilyCapabilities(
@@ -109,6 +113,7 @@ def _unet_family(
         default_guidance=default_guidance,
         max_guidance=30.0,
         unsupported_fields=unsupported_fields,
+        refused_fields=refused_fields,
     )
 
 
@@ -137,7 +142,8 @@ FAMILY_CAPABILITIES: Final[dict[ModelFamily, FamilyCapabilities]] = {
         max_size=2048,
         default_steps=25,
         default_guidance=7.0,
-        unsupported_fields=frozenset({EMBEDDINGS}),
+        unsupported_fields=frozenset(),
+        refused_fields=frozenset({EMBEDDINGS}),
     ),
     # The refiner conditions on an aesthetic score instead of a target size: it only denoises given images.
     ModelFamily.SDXL_REFINER: _unet_family(
@@ -147,7 +153,8 @@ FAMILY_CAPABILITIES: Final[dict[ModelFamily, FamilyCapabilities]] = {
         max_size=2048,
         default_steps=25,
         default_guidance=7.0,
-        unsupported_fields=frozenset({EMBEDDINGS, REFINER}),
+        unsupported_fields=frozenset({REFINER}),
+        refused_fields=frozenset({EMBEDDINGS}),
     ),
     ModelFamily.SD3: FamilyCapabilities(
         ModelFamily.SD3,
@@ -160,7 +167,8 @@ FAMILY_CAPABILITIES: Final[dict[ModelFamily, FamilyCapabilities]] = {
         default_steps=28,
         default_guidance=7.0,
         max_guidance=30.0,
-        unsupported_fields=frozenset({TOMESD, EMBEDDINGS, REFINER, KARRAS}),
+        unsupported_fields=frozenset({TOMESD, REFINER, KARRAS}),
+        refused_fields=frozenset({EMBEDDINGS}),
     ),
     ModelFamily.FLUX: FamilyCapabilities(
         ModelFamily.FLUX,
@@ -174,7 +182,8 @@ FAMILY_CAPABILITIES: Final[dict[ModelFamily, FamilyCapabilities]] = {
         # FLUX.1-dev's guidance is distilled into the transformer (an input, not classifier-free guidance).
         default_guidance=3.5,
         max_guidance=30.0,
-        unsupported_fields=frozenset({NEGATIVE_PROMPT, CLIP_SKIP, TOMESD, EMBEDDINGS, REFINER, KARRAS}),
+        unsupported_fields=frozenset({NEGATIVE_PROMPT, CLIP_SKIP, TOMESD, REFINER, KARRAS}),
+        refused_fields=frozenset({EMBEDDINGS}),
     ),
 }
 

@@ -7,10 +7,9 @@ from dataclasses import replace
 from typing import Any, Final
 
 from sdserver.catalog.families import ModelFamily
-from sdserver.catalog.families.capabilities import CLIP_SKIP, NEGATIVE_PROMPT, TOMESD
+from sdserver.catalog.families.capabilities import CLIP_SKIP, EMBEDDINGS, NEGATIVE_PROMPT, TOMESD
 from sdserver.engines.base import JobFailed
 from sdserver.engines.diffusion.addons import AddonRequest
-from sdserver.engines.diffusion.families import SINGLE_ENCODER_FAMILIES
 from sdserver.engines.diffusion.loader import LoadedModel
 from sdserver.engines.diffusion.prompts import clip_skip_kwargs
 from sdserver.errors import JobErrorCode
@@ -61,7 +60,7 @@ def family_addons(model: LoadedModel, request: AddonRequest) -> tuple[AddonReque
     """The add-ons that apply to this model, and what `meta` reports about those that do not. Raises JobFailed
     (INVALID_PARAMS) for an add-on the family cannot take at all."""
     family = model.family.value
-    if request.embeddings and model.family not in SINGLE_ENCODER_FAMILIES:
+    if request.embeddings and not model.capabilities.applies(EMBEDDINGS):
         raise JobFailed(
             JobErrorCode.INVALID_PARAMS,
             f"embeddings_model: textual-inversion embeddings run with sd15 and sd2 models, not with this {family} "

@@ -75,8 +75,6 @@ PIPELINE_CLASSES: Final[dict[ModelFamily, dict[JobKind, Any]]] = {
 # FLUX.1 Fill (384 input channels) inpaints only, with a pipeline of its own.
 FLUX_FILL_CLASSES: Final[dict[JobKind, Any]] = {JobKind.INPAINT: FluxFillPipeline}
 UNET_FAMILIES: Final = frozenset({ModelFamily.SD15, ModelFamily.SD2, ModelFamily.SDXL, ModelFamily.SDXL_REFINER})
-# One text encoder with a textual-inversion loader that takes a single-vector embedding.
-SINGLE_ENCODER_FAMILIES: Final = frozenset({ModelFamily.SD15, ModelFamily.SD2})
 # The SD 1.x check of a checkpoint loaded with the bundled configs (the only ones this package ships).
 SD1_TEXT_KEY: Final = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
 UNET_INPUT_KEY: Final = "model.diffusion_model.input_blocks.0.0.weight"

@@ -11,6 +11,7 @@ from typing import Any, Final
 import torch
 from PIL import Image, ImageFilter
 
+from sdserver.catalog.families.capabilities import CLIP_SKIP
 from sdserver.engines.base import EngineOutput, StepContext
 from sdserver.engines.diffusion.addons import TOME_RATIO, AddonRequest, job_addons
 from sdserver.engines.diffusion.conditioning import family_addons, family_clip_skip, prompt_kwargs, size_kwargs
@@ -201,6 +202,8 @@ def common_kwargs(inputs: JobInputs, ctx: StepContext) -> dict[str, Any]:
 
 def run_meta(inputs: JobInputs, model: LoadedModel, skip: int | None) -> dict[str, Any]:
     """What every generation reports in `meta` about the run: family, seed, scheduler, precision, clip skip."""
+    # Reported in the request's counting: what ran, after fitting it to the text encoder's depth (none on Flux).
+    clip_skip = inputs.clip_skip if model.capabilities.applies(CLIP_SKIP) else None
     return {
         "model_family": model.family.value,
         "seed": inputs.seed,
@@ -208,8 +211,7 @@ def run_meta(inputs: JobInputs, model: LoadedModel, skip: int | None) -> dict[st
         "use_karras_sigmas": "yes" if inputs.scheduler.use_karras_sigmas else "no",
         "algorithm_type": inputs.scheduler.algorithm_type,
         "precision": model.placement.precision,
-        # Reported in the request's counting: what ran, after fitting it to the text encoder's depth.
-        "clip_skip": skip + 1 if skip is not None else inputs.clip_skip,
+        "clip_skip": skip + 1 if skip is not None else clip_skip,
     }
 
 
