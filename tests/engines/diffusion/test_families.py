@@ -13,7 +13,7 @@ import pytest
 import torch
 from diffusers import ControlNetModel, FluxFillPipeline, FluxTransformer2DModel, LCMScheduler
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from sdserver.catalog.layout import AddonKind, addon_dir, find_model
 from sdserver.config import Settings
@@ -304,3 +304,16 @@ def _make_flux_fill(models_dir: Path, model_id: str) -> None:
     parts = {name: part for name, part in pipe.components.items() if name not in {"image_encoder", "feature_extractor"}}
     fill = FluxFillPipeline(**(parts | {"transformer": transformer.eval()}))
     fill.save_pretrained(models_dir / "diffusers" / model_id, safe_serialization=True)
+
+
+def test_an_sd3_file_without_t5_runs_without_it(world: World, tmp_path: Path) -> None:
+    file = make_tiny_family_model(tmp_path / "models", "sd3-no-t5", TinyFamily.SD3, single_file=True, seed=3)
+    save_file(
+        {key: value for key, value in load_file(file).items() if not key.startswith("text_encoders.t5xxl.")}, file
+    )
+    engine = DiffusionEngine(Settings(data_dir=tmp_path), world.objects, precision="fp32")
+    try:
+        output = world.run(world.job("sd3-no-t5", JobKind.TEXT2IMG, TinyFamily.SD3), engine)
+    finally:
+        engine.clear()
+    assert pixels(output.images[0]).shape == (SIZE, SIZE, 3)
