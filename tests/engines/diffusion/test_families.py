@@ -317,3 +317,22 @@ def test_an_sd3_file_without_t5_runs_without_it(world: World, tmp_path: Path) ->
     finally:
         engine.clear()
     assert pixels(output.images[0]).shape == (SIZE, SIZE, 3)
+
+
+def test_half_precision_keeps_t5s_float32_layers_in_every_pipeline(world: World) -> None:
+    source = _source(world, "flux")
+    loaded = load_model(source, Placement("cpu", "fp16"), detect_model(source))
+    for kind, pipeline in loaded.pipelines.items():
+        dtypes = {parameter.dtype for parameter in pipeline.text_encoder_2.parameters()}
+        assert dtypes == {torch.float16, torch.float32}, kind
+
+
+def test_only_flux_on_cuda_under_auto_leaves_fp16() -> None:
+    from sdserver.catalog.families import ModelFamily
+    from sdserver.engines.diffusion.engine import family_placement
+
+    cpu = Placement("cpu", "bf16")
+    assert family_placement(cpu, "auto", ModelFamily.FLUX) == cpu
+    forced = Placement("cuda", "fp16")
+    assert family_placement(forced, "fp16", ModelFamily.FLUX) == forced
+    assert family_placement(forced, "auto", ModelFamily.SDXL) == forced

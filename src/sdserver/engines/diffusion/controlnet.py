@@ -29,7 +29,7 @@ from sdserver.engines.diffusion.addons import AddonRequest, job_addons
 from sdserver.engines.diffusion.conditioning import family_addons, family_clip_skip, prompt_kwargs, size_kwargs
 from sdserver.engines.diffusion.families import check_kind
 from sdserver.engines.diffusion.hints import HINT_PREPROCESSORS, make_hint
-from sdserver.engines.diffusion.loader import LOAD_OPTIONS, LoadedModel
+from sdserver.engines.diffusion.loader import LOAD_OPTIONS, LoadedModel, sibling_pipeline
 from sdserver.engines.diffusion.schedulers import build_scheduler
 from sdserver.engines.lru import FingerprintLRU, files_fingerprint
 from sdserver.engines.precision import Placement
@@ -208,12 +208,11 @@ def _generate(
 def _pipeline(model: LoadedModel, mode: ControlNetMode, controlnets: list[Any], scheduler: Any) -> Any:
     """A ControlNet pipeline around the very modules the model's other pipelines use: no second copy of weights."""
     base = next(iter(model.pipelines.values()))
-    pipeline = _PIPELINES[model.family][mode].from_pipe(
+    pipeline = sibling_pipeline(
+        _PIPELINES[model.family][mode],
         base,
         controlnet=controlnets if len(controlnets) > 1 else controlnets[0],
         scheduler=scheduler,
-        # from_pipe casts the shared modules to this (float32 unless told).
-        dtype=model.placement.dtype,
         **LOAD_OPTIONS[model.family],
     )
     pipeline.set_progress_bar_config(disable=True)

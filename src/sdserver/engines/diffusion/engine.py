@@ -40,7 +40,14 @@ KINDS: Final = frozenset({JobKind.TEXT2IMG, JobKind.IMG2IMG, JobKind.INPAINT, Jo
 MODELS_SCAN_TTL_S: Final = 2.0
 # Free memory kept beyond a model's own size when deciding what to evict: activations, VAE decode, the OS.
 MIN_HEADROOM_BYTES: Final = 512 * 1024 * 1024
-__all__ = ["WEIGHT_SUFFIXES", "DiffusionEngine", "free_device_memory", "host_available_memory", "model_footprint"]
+__all__ = [
+    "WEIGHT_SUFFIXES",
+    "DiffusionEngine",
+    "family_placement",
+    "free_device_memory",
+    "host_available_memory",
+    "model_footprint",
+]
 
 # Free bytes on the engine's device now, or None when it cannot be told.
 MemoryProbe = Callable[[], int | None]
@@ -69,6 +76,7 @@ class DiffusionEngine:
         self._nsfw_threshold = settings.nsfw_threshold
         self._objects = objects
         self.placement: Placement = choose_placement(precision, device)
+        self._precision_setting: PrecisionSetting = precision
         self._free_bytes = memory_probe or (lambda: free_device_memory(self.placement.device))
         self._loaded: FingerprintLRU[str, LoadedModel] = FingerprintLRU(max_loaded)
         # The SDXL refiner, held apart from the models it refines so that loading it never evicts the base.
@@ -159,16 +167,17 @@ class DiffusionEngine:
             check_kind(model_id, info, model_capabilities(info), kind)
         # Not loaded, or its files were replaced since it was.
         self._forget(model_id)
-        self._make_room(model_footprint(source, self.placement))
+        placement = family_placement(self.placement, self._precision_setting, info.family)
+        self._make_room(model_footprint(source, placement))
         log.info(
             "loading %s model %s from %s (%s on %s)",
             info.family.value,
             model_id,
             source.path,
-            self.placement.precision,
-            self.placement.device,
+            placement.precision,
+            placement.device,
         )
-        model = load_model(source, self.placement, info)
+        model = load_model(source, placement, info)
         self._loaded.put(model_id, model.fingerprint, model)
         return model
 
@@ -223,6 +232,20 @@ def model_footprint(source: ModelSource, placement: Placement) -> int:
     """Bytes loading the model will take: every component's weights (text encoders and T5 included) at the
     placement's precision."""
     return estimate_weight_bytes(source, torch.finfo(placement.dtype).bits // 8)
+
+
+def family_placement(placement: Placement, setting: PrecisionSetting, family: ModelFamily) -> Placement:
+    """The engine's placement, except that FLUX.1 runs in bf16 rather than fp16 on CUDA under `auto`: its
+    activations overflow fp16 (black images), and Black Forest Labs ship and run it in bf16."""
+    if (
+        setting == "auto"
+        and family is ModelFamily.FLUX
+        and placement.precision == "fp16"
+        and placement.device.startswith("cuda")
+        and torch.cuda.is_bf16_supported()
+    ):
+        return Placement(placement.device, "bf16")
+    return placement
 
 
 def free_device_memory(device: str) -> int | None:

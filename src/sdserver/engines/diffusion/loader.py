@@ -3,6 +3,7 @@ every job kind the family serves (text2img, img2img, inpaint)."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -109,10 +110,9 @@ def load_model(source: ModelSource, placement: Placement, info: FamilyInfo) -> L
         if isinstance(component, torch.nn.Module):
             # Single-file loading can leave text encoders in training mode (T5's dropout would make every run differ).
             component.eval()
-    # from_pipe casts every shared module to its `dtype` (float32 unless told): the placement's, or bf16 is undone.
+    options = LOAD_OPTIONS[info.family]
     pipelines = {
-        kind: base if type(base) is cls else cls.from_pipe(base, dtype=placement.dtype, **LOAD_OPTIONS[info.family])
-        for kind, cls in classes.items()
+        kind: base if type(base) is cls else sibling_pipeline(cls, base, **options) for kind, cls in classes.items()
     }
     for pipeline in pipelines.values():
         pipeline.set_progress_bar_config(disable=True)
@@ -127,6 +127,16 @@ def load_model(source: ModelSource, placement: Placement, info: FamilyInfo) -> L
         capabilities=model_capabilities(info),
         weight_bytes=module_bytes(base),
     )
+
+
+def sibling_pipeline(cls: Any, base: Any, **overrides: Any) -> Any:
+    """A `cls` pipeline on `base`'s very modules, with base's config flags (aesthetic score, zeroed empty prompt...)
+    unless `overrides` says otherwise. Not `from_pipe`: that casts every module to one dtype, which undoes the
+    float32 layers transformers keeps in T5 at half precision (T5 overflows to NaN in fp16 without them)."""
+    accepted = inspect.signature(cls.__init__).parameters
+    values = {name: part for name, part in base.components.items() if name in accepted}
+    values |= {name: value for name, value in base.config.items() if name in accepted and name not in values}
+    return cls(**(values | {name: value for name, value in overrides.items() if name in accepted}))
 
 
 def _load_single_file(loading_class: Any, source: ModelSource, placement: Placement, info: FamilyInfo) -> Any:
