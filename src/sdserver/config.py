@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     upscale_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # Diffusion models a worker keeps loaded (least recently used goes first).
     diffusion_max_loaded: int = Field(default=1, ge=1, le=16)
+    # The SDXL refiner `refiner: yes` runs with (a model id of family sdxl_refiner). Unset: the one installed
+    # sdxl_refiner model, if there is exactly one.
+    sdxl_refiner: str | None = None
     # Model used when a generation request names none (the vendor requires model_id; we allow a default).
     default_model_id: str | None = None
     # Model downloads (load_model): largest file accepted, and local folders a `url` may point into.

@@ -17,6 +17,7 @@ from sdserver.config import Settings
 from sdserver.engines.base import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobCancelled, JobFailed
 from sdserver.engines.diffusion import engine as engine_module
 from sdserver.engines.diffusion.engine import DiffusionEngine
+from sdserver.engines.precision import Placement
 from sdserver.errors import JobErrorCode
 from sdserver.jobs import Job, JobKind
 from sdserver.objects.base import make_object_key
@@ -310,14 +311,18 @@ def test_low_free_memory_evicts_before_the_count_limit(tmp_path: Path) -> None:
         engine.clear()
 
 
-def test_model_footprint_counts_weight_files(tmp_path: Path) -> None:
+def test_model_footprint_counts_weights_at_the_engine_precision(tmp_path: Path) -> None:
     from sdserver.catalog.layout import find_model
 
     make_tiny_model(tmp_path / "models", "sized")
     source = find_model(tmp_path / "models", "sized")
     assert source is not None
     weights = [entry for entry in source.path.rglob("*.safetensors")]
-    assert weights and engine_module.model_footprint(source) == sum(entry.stat().st_size for entry in weights)
+    on_disk = sum(entry.stat().st_size for entry in weights)
+    fp32 = engine_module.model_footprint(source, Placement("cpu", "fp32"))
+    # The tiny model is saved in fp32: its tensors are the files less their JSON headers.
+    assert weights and 0.9 * on_disk < fp32 <= on_disk
+    assert engine_module.model_footprint(source, Placement("cpu", "bf16")) == fp32 // 2
 
 
 def test_host_available_memory_reads_meminfo(tmp_path: Path) -> None:

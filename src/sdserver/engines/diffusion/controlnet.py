@@ -14,17 +14,22 @@ from diffusers import (
     StableDiffusionControlNetImg2ImgPipeline,
     StableDiffusionControlNetInpaintPipeline,
     StableDiffusionControlNetPipeline,
+    StableDiffusionXLControlNetImg2ImgPipeline,
+    StableDiffusionXLControlNetInpaintPipeline,
+    StableDiffusionXLControlNetPipeline,
 )
 from PIL import Image
 
+from sdserver.catalog.families import ModelFamily
 from sdserver.catalog.hints import MAX_CONTROLNETS
 from sdserver.catalog.layout import AddonKind, find_addon
 from sdserver.engines.base import EngineOutput, JobFailed, StepContext
 from sdserver.engines.diffusion import pipelines
 from sdserver.engines.diffusion.addons import AddonRequest, job_addons
+from sdserver.engines.diffusion.conditioning import family_addons, family_clip_skip, prompt_kwargs, size_kwargs
+from sdserver.engines.diffusion.families import check_kind
 from sdserver.engines.diffusion.hints import HINT_PREPROCESSORS, make_hint
-from sdserver.engines.diffusion.loader import INPAINT_IN_CHANNELS, LoadedModel, unet_in_channels
-from sdserver.engines.diffusion.prompts import clip_skip_kwargs
+from sdserver.engines.diffusion.loader import LOAD_OPTIONS, LoadedModel, sibling_pipeline
 from sdserver.engines.diffusion.schedulers import build_scheduler
 from sdserver.engines.lru import FingerprintLRU, files_fingerprint
 from sdserver.engines.precision import Placement
@@ -38,10 +43,20 @@ log = logging.getLogger(__name__)
 # ControlNets are small next to the base model (~700 MB for SD 1.5 in fp16); one job's worth stays loaded for reuse.
 MAX_LOADED_CONTROLNETS: Final = MAX_CONTROLNETS
 
-_PIPELINES: Final[dict[ControlNetMode, Any]] = {
+_SD_PIPELINES: Final[dict[ControlNetMode, Any]] = {
     ControlNetMode.TEXT2IMG: StableDiffusionControlNetPipeline,
     ControlNetMode.IMG2IMG: StableDiffusionControlNetImg2ImgPipeline,
     ControlNetMode.INPAINT: StableDiffusionControlNetInpaintPipeline,
+}
+# The families diffusers has ControlNet pipelines for that this engine builds (capabilities.py lists the same).
+_PIPELINES: Final[dict[ModelFamily, dict[ControlNetMode, Any]]] = {
+    ModelFamily.SD15: _SD_PIPELINES,
+    ModelFamily.SD2: _SD_PIPELINES,
+    ModelFamily.SDXL: {
+        ControlNetMode.TEXT2IMG: StableDiffusionXLControlNetPipeline,
+        ControlNetMode.IMG2IMG: StableDiffusionXLControlNetImg2ImgPipeline,
+        ControlNetMode.INPAINT: StableDiffusionXLControlNetInpaintPipeline,
+    },
 }
 
 
@@ -119,27 +134,28 @@ def run_controlnet_job(
     tomesd) and the shared finishing (safety screen, PNG parameters); raises JobFailed for inputs it cannot use."""
     params = job.params_as(ControlNetParams)
     mode = params.mode
-    if mode is not ControlNetMode.INPAINT and unet_in_channels(model) == INPAINT_IN_CHANNELS:
+    check_kind(model.model_id, model.info, model.capabilities, JobKind.CONTROLNET)
+    if mode is not ControlNetMode.INPAINT and model.info.inpainting:
         raise JobFailed(
             JobErrorCode.UNSUPPORTED_MODEL, f"Model {model.model_id} is an inpainting model; send a mask_image"
         )
-    inputs = pipelines.job_inputs(job, params.generation)
+    inputs = pipelines.job_inputs(job, params.generation, model)
     controlnets = cache.get([unit.model for unit in params.units])
     scheduler = build_scheduler(inputs.scheduler, model.scheduler_config, inputs.seed)
     pipeline = _pipeline(model, mode, controlnets, scheduler)
     init, control_source, mask = _input_images(job, params, objects)
     hints = [_hint(control_source, unit.hint_type, params.auto_hint) for unit in params.units]
-    skip = pipelines.diffusers_clip_skip(inputs.clip_skip, model.text_layers)
-    addons = AddonRequest.from_params(params.generation)
+    skip = family_clip_skip(model, inputs.clip_skip)
+    addons, family_meta = family_addons(model, AddonRequest.from_params(params.generation))
     with job_addons(pipeline, model.addons, addons, models_dir, inputs.seed) as addon_meta:
-        images = _generate(pipeline, job, inputs, params, ctx, skip, init, hints, mask)
+        images = _generate(model, pipeline, job, inputs, params, ctx, skip, init, hints, mask)
     extra = pipelines.extra_parameters(
         inputs, addons, addon_meta, skip, from_image=mode is not ControlNetMode.TEXT2IMG
     ) | _controlnet_parameters(params)
     finished = pipelines.finish_run(
         images, job, inputs, init=init, mask=mask, nsfw_threshold=nsfw_threshold, extra_parameters=extra
     )
-    meta = _meta(inputs, model, skip, params) | addon_meta | finished.meta
+    meta = _meta(inputs, model, skip, params) | addon_meta | family_meta | finished.meta
     return EngineOutput(images=finished.images, meta=meta)
 
 
@@ -154,6 +170,7 @@ def _controlnet_parameters(params: ControlNetParams) -> dict[str, Any]:
 
 
 def _generate(
+    model: LoadedModel,
     pipeline: Any,
     job: Job,
     inputs: pipelines.JobInputs,
@@ -165,9 +182,8 @@ def _generate(
     mask: Image.Image | None,
 ) -> list[Image.Image]:
     kwargs = pipelines.common_kwargs(inputs, ctx)
-    if skip is not None:
-        # Inside the add-ons: embeddings and text-encoder LoRA must shape these embeddings too.
-        kwargs.update(clip_skip_kwargs(pipeline, inputs.prompt, inputs.negative_prompt, skip))
+    kwargs.update(prompt_kwargs(model, pipeline, inputs.prompt, inputs.negative_prompt, skip))
+    kwargs.update(size_kwargs(model, job.width, job.height))
     scales = [unit.scale for unit in params.units]
     kwargs.update(
         height=job.height,
@@ -191,17 +207,13 @@ def _generate(
 
 def _pipeline(model: LoadedModel, mode: ControlNetMode, controlnets: list[Any], scheduler: Any) -> Any:
     """A ControlNet pipeline around the very modules the model's other pipelines use: no second copy of weights."""
-    base = model.pipelines[JobKind.TEXT2IMG]
-    pipeline = _PIPELINES[mode](
-        vae=base.vae,
-        text_encoder=base.text_encoder,
-        tokenizer=base.tokenizer,
-        unet=base.unet,
+    base = next(iter(model.pipelines.values()))
+    pipeline = sibling_pipeline(
+        _PIPELINES[model.family][mode],
+        base,
         controlnet=controlnets if len(controlnets) > 1 else controlnets[0],
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        **LOAD_OPTIONS[model.family],
     )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

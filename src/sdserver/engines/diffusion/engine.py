@@ -12,17 +12,23 @@ from typing import TYPE_CHECKING, Final
 
 import torch
 
+from sdserver.catalog.families import ModelFamily
+from sdserver.catalog.families.capabilities import model_capabilities
 from sdserver.catalog.ids import is_valid_model_id
 from sdserver.catalog.layout import ModelSource, find_model, list_models, models_dir_for
 from sdserver.catalog.registry import ModelKind
 from sdserver.engines.base import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobFailed, StepContext
 from sdserver.engines.diffusion.controlnet import ControlNetCache, run_controlnet_job
+from sdserver.engines.diffusion.families import check_kind, detect_model
+from sdserver.engines.diffusion.footprint import WEIGHT_SUFFIXES, estimate_weight_bytes
 from sdserver.engines.diffusion.loader import LoadedModel, load_model
 from sdserver.engines.diffusion.pipelines import run_job
+from sdserver.engines.diffusion.refiner import NOT_INSTALLED, RefinerPlan, find_refiner_id
 from sdserver.engines.lru import FingerprintLRU
 from sdserver.engines.model_files import ModelFiles
 from sdserver.engines.precision import Placement, PrecisionSetting, choose_placement
 from sdserver.errors import JobErrorCode
+from sdserver.job_params import GenerationParams
 from sdserver.jobs import Job, JobKind
 
 if TYPE_CHECKING:
@@ -36,7 +42,14 @@ KINDS: Final = frozenset({JobKind.TEXT2IMG, JobKind.IMG2IMG, JobKind.INPAINT, Jo
 MODELS_SCAN_TTL_S: Final = 2.0
 # Free memory kept beyond a model's own size when deciding what to evict: activations, VAE decode, the OS.
 MIN_HEADROOM_BYTES: Final = 512 * 1024 * 1024
-WEIGHT_SUFFIXES: Final = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+__all__ = [
+    "WEIGHT_SUFFIXES",
+    "DiffusionEngine",
+    "family_placement",
+    "free_device_memory",
+    "host_available_memory",
+    "model_footprint",
+]
 
 # Free bytes on the engine's device now, or None when it cannot be told.
 MemoryProbe = Callable[[], int | None]
@@ -66,8 +79,12 @@ class DiffusionEngine:
         self._nsfw_threshold = settings.nsfw_threshold
         self._objects = objects
         self.placement: Placement = choose_placement(precision, device)
+        self._precision_setting: PrecisionSetting = precision
         self._free_bytes = memory_probe or (lambda: free_device_memory(self.placement.device))
         self._loaded: FingerprintLRU[str, LoadedModel] = FingerprintLRU(max_loaded)
+        # The SDXL refiner, held apart from the models it refines so that loading it never evicts the base.
+        self._refiner_setting = settings.sdxl_refiner
+        self._refiners: FingerprintLRU[str, LoadedModel] = FingerprintLRU(1)
         self._scan: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
         self._controlnets = ControlNetCache(self._models_dir, self.placement)
         self._files = files or ModelFiles(settings, objects)
@@ -94,6 +111,7 @@ class DiffusionEngine:
 
     def clear(self) -> None:
         self._loaded.clear()
+        self._refiners.clear()
         self._controlnets.clear()
         _free_memory()
 
@@ -107,7 +125,7 @@ class DiffusionEngine:
             # Files of models loaded on another box come from the object store before anything reads them.
             self._files.ensure_job(job)
         try:
-            model = self._model(jobs[0].model_id)
+            model = self._model(jobs[0].model_id, {job.kind for job in jobs})
             return [self._run_one(model, job, ctx(job)) for job in jobs]
         except torch.OutOfMemoryError:
             pass
@@ -129,9 +147,20 @@ class DiffusionEngine:
                 models_dir=self._models_dir,
                 nsfw_threshold=self._nsfw_threshold,
             )
-        return run_job(model, job, self._objects, ctx, models_dir=self._models_dir, nsfw_threshold=self._nsfw_threshold)
+        refiner = None
+        if job.params_as(GenerationParams).refiner and model.family is ModelFamily.SDXL:
+            refiner = self._refiner(model.model_id)
+        return run_job(
+            model,
+            job,
+            self._objects,
+            ctx,
+            models_dir=self._models_dir,
+            nsfw_threshold=self._nsfw_threshold,
+            refiner=refiner,
+        )
 
-    def _model(self, model_id: str) -> LoadedModel:
+    def _model(self, model_id: str, kinds: Collection[JobKind] = ()) -> LoadedModel:
         source = find_model(self._models_dir, model_id)
         if source is None:
             self._forget(model_id)
@@ -139,35 +168,65 @@ class DiffusionEngine:
         cached = self._loaded.get(model_id, source.fingerprint())
         if cached is not None:
             return cached
+        # Detect first, evict later: a model no pipeline here runs (or one that cannot serve these jobs) fails its
+        # jobs before anything loaded is given up for it.
+        info = detect_model(source)
+        for kind in kinds:
+            check_kind(model_id, info, model_capabilities(info), kind)
         # Not loaded, or its files were replaced since it was.
         self._forget(model_id)
-        self._make_room(model_footprint(source))
+        placement = family_placement(self.placement, self._precision_setting, info.family)
+        self._make_room(model_footprint(source, placement))
         log.info(
-            "loading model %s from %s (%s on %s)",
+            "loading %s model %s from %s (%s on %s)",
+            info.family.value,
             model_id,
             source.path,
-            self.placement.precision,
-            self.placement.device,
+            placement.precision,
+            placement.device,
         )
-        model = load_model(source, self.placement)
+        model = load_model(source, placement, info)
         self._loaded.put(model_id, model.fingerprint, model)
         return model
 
-    def _make_room(self, needed: int) -> None:
+    def _refiner(self, base_id: str) -> RefinerPlan:
+        """The installed SDXL refiner, loaded (and kept) beside the base model; a plan without one when none is
+        installed. Room for it is made by unloading other models, never the base it refines."""
+        refiner_id, note = find_refiner_id(self._models_dir, self._refiner_setting)
+        source = find_model(self._models_dir, refiner_id) if refiner_id else None
+        if refiner_id is None or source is None:
+            return RefinerPlan(None, note)
+        cached = self._refiners.get(refiner_id, source.fingerprint())
+        if cached is not None:
+            return RefinerPlan(cached, note)
+        info = detect_model(source)
+        if info.family is not ModelFamily.SDXL_REFINER:
+            log.warning("refiner %s is a %s model, not an SDXL refiner", refiner_id, info.family.value)
+            return RefinerPlan(None, f"{NOT_INSTALLED}: {refiner_id} is a {info.family.value} model")
+        self._refiners.clear()
+        _free_memory()
+        self._make_room(model_footprint(source, self.placement), keep=base_id)
+        log.info("loading SDXL refiner %s from %s", refiner_id, source.path)
+        model = load_model(source, self.placement, info)
+        self._refiners.put(refiner_id, model.fingerprint, model)
+        return RefinerPlan(model, note)
+
+    def _make_room(self, needed: int, keep: str | None = None) -> None:
         """Evict before loading, least recently used first, until the count limit leaves a slot and the device's
         free memory fits the new model plus headroom; two models never sit in memory beyond either limit."""
         headroom = needed + max(MIN_HEADROOM_BYTES, needed // 4)
         while len(self._loaded):
-            full = self._loaded.is_full()
+            # `keep` (the base a refiner joins) takes no slot of the count limit: only memory can push others out.
+            full = keep is None and self._loaded.is_full()
             if not full:
                 free = self._free_bytes()
                 if free is None or free >= headroom:
                     return
-            evicted = self._loaded.pop_oldest()
-            if evicted is None:
+            victim = next((model.model_id for model in self._loaded.values() if model.model_id != keep), None)
+            if victim is None:
                 return
-            log.info("unloading model %s to make room (%s)", evicted[0], "count limit" if full else "memory")
-            del evicted
+            self._loaded.pop(victim)
+            log.info("unloading model %s to make room (%s)", victim, "count limit" if full else "memory")
             _free_memory()
 
     def _forget(self, model_id: str) -> None:
@@ -177,11 +236,24 @@ class DiffusionEngine:
             _free_memory()
 
 
-def model_footprint(source: ModelSource) -> int:
-    """Bytes the model's weight files take on disk: the estimate of what loading it will take."""
-    path = source.path
-    files = [path] if path.is_file() else [entry for entry in path.rglob("*") if entry.suffix in WEIGHT_SUFFIXES]
-    return sum(entry.stat().st_size for entry in files if entry.is_file())
+def model_footprint(source: ModelSource, placement: Placement) -> int:
+    """Bytes loading the model will take: every component's weights (text encoders and T5 included) at the
+    placement's precision."""
+    return estimate_weight_bytes(source, torch.finfo(placement.dtype).bits // 8)
+
+
+def family_placement(placement: Placement, setting: PrecisionSetting, family: ModelFamily) -> Placement:
+    """The engine's placement, except that FLUX.1 runs in bf16 rather than fp16 on CUDA under `auto`: its
+    activations overflow fp16 (black images), and Black Forest Labs ship and run it in bf16."""
+    if (
+        setting == "auto"
+        and family is ModelFamily.FLUX
+        and placement.precision == "fp16"
+        and placement.device.startswith("cuda")
+        and torch.cuda.is_bf16_supported()
+    ):
+        return Placement(placement.device, "bf16")
+    return placement
 
 
 def free_device_memory(device: str) -> int | None:

@@ -11,14 +11,16 @@ from typing import Any, Final
 import torch
 from PIL import Image, ImageFilter
 
-from sdserver.engines.base import EngineOutput, JobFailed, StepContext
+from sdserver.catalog.families.capabilities import CLIP_SKIP
+from sdserver.engines.base import EngineOutput, StepContext
 from sdserver.engines.diffusion.addons import TOME_RATIO, AddonRequest, job_addons
+from sdserver.engines.diffusion.conditioning import family_addons, family_clip_skip, prompt_kwargs, size_kwargs
+from sdserver.engines.diffusion.families import check_kind
 from sdserver.engines.diffusion.finishing import FinishedImages, finish_images
-from sdserver.engines.diffusion.loader import INPAINT_IN_CHANNELS, LoadedModel, unet_in_channels
-from sdserver.engines.diffusion.prompts import clip_skip_kwargs
-from sdserver.engines.diffusion.schedulers import build_scheduler
+from sdserver.engines.diffusion.loader import LoadedModel
+from sdserver.engines.diffusion.refiner import RefinerPlan, run_refined
+from sdserver.engines.diffusion.schedulers import build_scheduler, family_scheduler
 from sdserver.engines.inputs import read_input_image
-from sdserver.errors import JobErrorCode
 from sdserver.job_params import GenerationParams, SchedulerChoice
 from sdserver.jobs import Job, JobKind
 from sdserver.objects.base import ObjectStore
@@ -47,7 +49,8 @@ class JobInputs:
     scheduler: SchedulerChoice
 
 
-def job_inputs(job: Job, params: GenerationParams) -> JobInputs:
+def job_inputs(job: Job, params: GenerationParams, model: LoadedModel) -> JobInputs:
+    """The job's settings as `model` runs them (its family checked the scheduler)."""
     return JobInputs(
         prompt=params.prompt,
         negative_prompt=params.negative_prompt or None,
@@ -57,7 +60,7 @@ def job_inputs(job: Job, params: GenerationParams) -> JobInputs:
         samples=max(1, len(job.output_keys) or params.samples),
         strength=params.strength,
         clip_skip=params.clip_skip,
-        scheduler=params.scheduler,
+        scheduler=family_scheduler(params.scheduler, model.capabilities),
     )
 
 
@@ -74,13 +77,6 @@ def sample_generators(seed: int, samples: int) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed((seed + index) & SEED_MASK) for index in range(samples)]
 
 
-def diffusers_clip_skip(requested: int | None, text_layers: int) -> int | None:
-    """A1111 counting (1 = last layer, 2 = the one before) to diffusers' (layers skipped), within the model's depth."""
-    if requested is None or requested <= 1:
-        return None
-    return min(requested - 1, text_layers - 1) or None
-
-
 def run_job(
     model: LoadedModel,
     job: Job,
@@ -89,35 +85,34 @@ def run_job(
     *,
     models_dir: Path,
     nsfw_threshold: float = DEFAULT_NSFW_THRESHOLD,
+    refiner: RefinerPlan | None = None,
 ) -> EngineOutput:
-    """Make `samples` images for one job as one batch; raises JobFailed for inputs the job cannot use."""
-    if job.kind is not JobKind.INPAINT and unet_in_channels(model) == INPAINT_IN_CHANNELS:
-        raise JobFailed(
-            JobErrorCode.UNSUPPORTED_MODEL, f"Model {model.model_id} is an inpainting model; use it with inpaint"
-        )
+    """Make `samples` images for one job as one batch; raises JobFailed for inputs the job cannot use. `refiner`:
+    the SDXL refiner pass the job asked for (None: not asked, or not an SDXL model)."""
+    check_kind(model.model_id, model.info, model.capabilities, job.kind)
     params = job.params_as(GenerationParams)
-    inputs = job_inputs(job, params)
+    inputs = job_inputs(job, params, model)
     pipeline = model.pipelines[job.kind]
     pipeline.scheduler = build_scheduler(inputs.scheduler, model.scheduler_config, inputs.seed)
-    skip = diffusers_clip_skip(inputs.clip_skip, model.text_layers)
+    skip = family_clip_skip(model, inputs.clip_skip)
     init, mask = _input_images(job, params, objects)
-    addons = AddonRequest.from_params(params)
+    addons, family_meta = family_addons(model, AddonRequest.from_params(params))
     with job_addons(pipeline, model.addons, addons, models_dir, inputs.seed) as addon_meta:
-        images = _generate(pipeline, job, inputs, ctx, skip, init, mask)
+        images = _generate(model, pipeline, job, inputs, ctx, skip, init, mask, refiner)
+    extra = extra_parameters(inputs, addons, addon_meta, skip, from_image=init is not None)
+    if refiner is not None and refiner.model is not None:
+        extra["Refiner"] = refiner.note
     finished = finish_run(
-        images,
-        job,
-        inputs,
-        init=init,
-        mask=mask,
-        nsfw_threshold=nsfw_threshold,
-        extra_parameters=extra_parameters(inputs, addons, addon_meta, skip, from_image=init is not None),
+        images, job, inputs, init=init, mask=mask, nsfw_threshold=nsfw_threshold, extra_parameters=extra
     )
-    meta = run_meta(inputs, model, skip) | addon_meta | finished.meta
+    meta = run_meta(inputs, model, skip) | addon_meta | family_meta | finished.meta
+    if refiner is not None:
+        meta["refiner"] = refiner.note
     return EngineOutput(images=finished.images, meta=meta)
 
 
 def _generate(
+    model: LoadedModel,
     pipeline: Any,
     job: Job,
     inputs: JobInputs,
@@ -125,11 +120,10 @@ def _generate(
     skip: int | None,
     init: Image.Image | None,
     mask: Image.Image | None,
+    refiner: RefinerPlan | None,
 ) -> list[Image.Image]:
-    kwargs = common_kwargs(inputs, ctx)
-    if skip is not None:
-        # Inside the add-ons: embeddings and text-encoder LoRA must shape these embeddings too.
-        kwargs.update(clip_skip_kwargs(pipeline, inputs.prompt, inputs.negative_prompt, skip))
+    kwargs = prompt_kwargs(model, pipeline, inputs.prompt, inputs.negative_prompt, skip)
+    kwargs.update(size_kwargs(model, job.width, job.height))
     if init is None:
         kwargs.update(height=job.height, width=job.width)
     else:
@@ -139,8 +133,23 @@ def _generate(
     if init is not None and int(inputs.steps * inputs.strength) < 1:
         # No denoising step would run (diffusers refuses this): strength this low means "keep the image".
         return [init.copy() for _ in range(inputs.samples)]
+    if refiner is not None and refiner.model is not None:
+        return run_refined(
+            pipeline,
+            refiner.model,
+            kwargs | {"height": job.height, "width": job.width},
+            lambda progress: common_kwargs(inputs, progress),
+            prompt=inputs.prompt,
+            negative_prompt=inputs.negative_prompt,
+            skip=skip,
+            scheduler_choice=inputs.scheduler,
+            seed=inputs.seed,
+            steps=inputs.steps,
+            ctx=ctx,
+            mask=mask,
+        )
     with torch.inference_mode():
-        return list(pipeline(**kwargs).images)
+        return list(pipeline(**(common_kwargs(inputs, ctx) | kwargs)).images)
 
 
 def extra_parameters(
@@ -174,14 +183,14 @@ def _input_images(
 
 
 def common_kwargs(inputs: JobInputs, ctx: StepContext) -> dict[str, Any]:
+    """The arguments every family's pipelines take alike (the prompts are `conditioning.prompt_kwargs`)."""
+
     def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         # Raises JobCancelled when the job must stop; it propagates out of the pipeline call.
         ctx.step(index + 1, int(pipe.num_timesteps))
         return tensors
 
     return {
-        "prompt": inputs.prompt,
-        "negative_prompt": inputs.negative_prompt,
         "num_inference_steps": inputs.steps,
         "guidance_scale": inputs.guidance_scale,
         "num_images_per_prompt": inputs.samples,
@@ -192,15 +201,17 @@ def common_kwargs(inputs: JobInputs, ctx: StepContext) -> dict[str, Any]:
 
 
 def run_meta(inputs: JobInputs, model: LoadedModel, skip: int | None) -> dict[str, Any]:
-    """What every generation reports in `meta` about the run: seed, scheduler, precision, clip skip."""
+    """What every generation reports in `meta` about the run: family, seed, scheduler, precision, clip skip."""
+    # Reported in the request's counting: what ran, after fitting it to the text encoder's depth (none on Flux).
+    clip_skip = inputs.clip_skip if model.capabilities.applies(CLIP_SKIP) else None
     return {
+        "model_family": model.family.value,
         "seed": inputs.seed,
         "scheduler": inputs.scheduler.class_name,
         "use_karras_sigmas": "yes" if inputs.scheduler.use_karras_sigmas else "no",
         "algorithm_type": inputs.scheduler.algorithm_type,
         "precision": model.placement.precision,
-        # Reported in the request's counting: what ran, after fitting it to the text encoder's depth.
-        "clip_skip": skip + 1 if skip is not None else inputs.clip_skip,
+        "clip_skip": skip + 1 if skip is not None else clip_skip,
     }
 
 
