@@ -25,6 +25,7 @@ from sdserver.api.routes import (
     jobs,
     models,
     nsfw,
+    playground,
     server,
     stablecog,
     uploads,
@@ -44,7 +45,7 @@ _PURGE_INTERVAL_S = 600.0
 # Every router the app serves, in matching order.
 ROUTERS = tuple(
     module.router
-    for module in (health, files, uploads, stablecog, generation, controlnet, upscale, nsfw, models, server, jobs)
+    for module in (health, playground, files, uploads, stablecog, generation, controlnet, upscale, nsfw, models, server, jobs)
 )
 
 

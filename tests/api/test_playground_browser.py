@@ -1,0 +1,223 @@
+"""The playground in a real headless Chromium (Debian's package, driven by Playwright) against a live server and
+a worker running the diffusers engine on a tiny model: fill the form, submit, wait for the picture.
+
+Screenshots go to the test's tmp dir and to tests/artifacts/ (ignored by git)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
+
+from sdserver.auth import Role
+from sdserver.engines.factory import build_engines
+from tests.support.image_files import png_bytes
+from tests.support.live_server import LiveServer, make_settings, run_server, worker_thread
+from tests.support.tiny_sd import make_tiny_model
+
+MODEL = "tiny-sd"
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+KEY_STORAGE = "sdserver.playground.key"
+WAIT_MS = 60_000
+
+
+def _chromium_or_skip() -> Path:
+    """Chromium from Debian's package; scripts/install.sh installs it with the `test` extra. Skips only where it
+    cannot be installed (no apt-get, or not root), and says so loudly; a missing browser elsewhere fails."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    can_install = shutil.which("apt-get") is not None and os.geteuid() == 0
+    message = f"{CHROMIUM} is missing: run `apt-get install -y chromium` (scripts/install.sh test does it as root)"
+    if can_install:
+        pytest.fail(message)
+    pytest.skip(f"BROWSER TEST NOT RUN: {message}; this machine cannot install it (no apt-get or not root)")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A live API and a worker thread running the real diffusers engine on a tiny seeded model."""
+    data_dir = tmp_path_factory.mktemp("playground")
+    make_tiny_model(data_dir / "models", MODEL)
+    settings = make_settings(data_dir, engines=["diffusers"], worker_poll_s=0.05)
+    with run_server(settings) as server:
+        services = server.services
+        with worker_thread(server, build_engines(services.settings, services.objects), "w1", join_s=30.0):
+            yield server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = _chromium_or_skip()
+    with sync_playwright() as playwright:
+        # Playwright adds --no-sandbox itself (chromium_sandbox defaults to off), which root needs.
+        browser = playwright.chromium.launch(executable_path=str(executable), headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, live: LiveServer) -> Iterator[Page]:
+    """A fresh browser context whose requests may only go to the live server (anything else fails the test)."""
+    context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    outside: list[str] = []
+
+    def only_this_server(route: Route, request: Request) -> None:
+        if request.url.startswith(live.base_url + "/") or request.url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            outside.append(request.url)
+            route.abort()
+
+    context.route("**/*", only_this_server)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    yield page
+    assert context.cookies() == [], "the playground must not set cookies"
+    context.close()
+    assert outside == [], f"the page reached outside the server: {outside}"
+    assert problems == [], f"script errors: {problems}"
+
+
+def save_screenshot(page: Page, tmp_path: Path, name: str) -> Path:
+    shot = tmp_path / name
+    page.screenshot(path=str(shot), full_page=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copyfile(shot, ARTIFACTS / name)
+    return shot
+
+
+def connect(page: Page, live: LiveServer, key: str) -> None:
+    page.goto(live.url("/playground"))
+    page.fill("#api-key", key)
+    page.click("#connect")
+    expect(page.locator("#key-state")).to_contain_text("Connected")
+    expect(page.locator("#model_id")).to_have_value(MODEL)
+
+
+def fill_small_job(page: Page, prompt: str) -> None:
+    page.fill("#prompt", prompt)
+    page.select_option("#width", "64")
+    page.select_option("#height", "64")
+    page.fill("#num_inference_steps", "2")
+    page.fill("#seed", "42")
+
+
+def submitted_bodies(page: Page, path: str) -> list[dict[str, Any]]:
+    """Collect the JSON bodies the page posts to `path`, checking the key travels in the header only."""
+    bodies: list[dict[str, Any]] = []
+
+    def record(request: Request) -> None:
+        if request.url.endswith(path):
+            assert "key=" not in request.url and request.headers.get("key")
+            bodies.append(json.loads(request.post_data or "{}"))
+
+    page.on("request", record)
+    return bodies
+
+
+def wait_for_picture(page: Page, live: LiveServer, key: str, http: httpx.Client, fetch_prefix: str) -> str:
+    """Wait until the first output picture has loaded; check it is the job's output URL; return that URL."""
+    picture = page.locator("#results img.output").first
+    expect(picture).to_be_visible(timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => { const img = document.querySelector('#results img.output');"
+        " return img && img.complete && img.naturalWidth > 0; }",
+        timeout=WAIT_MS,
+    )
+    src = picture.get_attribute("src") or ""
+    job_id = (picture.get_attribute("alt") or "").rsplit(" ", 1)[-1]
+    fetched = http.post(live.url(f"{fetch_prefix}/fetch/{job_id}"), json={"key": key}).json()
+    assert fetched["status"] == "success", fetched
+    assert src == fetched["output"][0]
+    return src
+
+
+def test_text2img_from_the_form_shows_the_picture_and_the_code(
+    page: Page, live: LiveServer, http: httpx.Client, tmp_path: Path
+) -> None:
+    key = live.new_key(Role.USER)
+    bodies = submitted_bodies(page, "/api/v6/images/text2img")
+    connect(page, live, key)
+    fill_small_job(page, "a red house")
+    page.click("#submit")
+    src = wait_for_picture(page, live, key, http, "/api/v6/images")
+    shot = save_screenshot(page, tmp_path, "playground-text2img.png")
+
+    assert Image.open(io.BytesIO(http.get(src).content)).size == (64, 64)
+    assert bodies == [
+        {
+            "model_id": MODEL,
+            "prompt": "a red house",
+            "width": 64,
+            "height": 64,
+            "num_inference_steps": 2,
+            "guidance_scale": 7.5,
+            "scheduler": "UniPCMultistepScheduler",
+            "seed": 42,
+            "samples": 1,
+            "instant_response": "yes",
+        }
+    ]
+    curl = page.text_content("#snippet-curl") or ""
+    assert live.url("/api/v6/images/text2img") in curl and '"key: $KEY"' in curl and '"a red house"' in curl
+    page.click("[data-snippet=python]")
+    python = page.text_content("#snippet-python") or ""
+    assert "requests.post(" in python and 'os.environ["KEY"]' in python
+    assert key not in curl + python
+    # The key is kept for this tab only.
+    assert page.evaluate(f"sessionStorage.getItem('{KEY_STORAGE}')") == key
+    assert page.evaluate("localStorage.length") == 0
+    assert shot.stat().st_size > 0
+
+
+def test_inpaint_sends_the_drawn_mask(page: Page, live: LiveServer, http: httpx.Client, tmp_path: Path) -> None:
+    key = live.new_key(Role.USER)
+    bodies = submitted_bodies(page, "/api/v6/images/inpaint")
+    connect(page, live, key)
+    page.click("[data-mode=inpaint]")
+    fill_small_job(page, "a blue door")
+    init = tmp_path / "init.png"
+    init.write_bytes(png_bytes(96, 64, color=(30, 120, 200)))
+    page.set_input_files("#init_file", str(init))
+    expect(page.locator("#canvas-empty")).to_be_hidden()
+    # A stroke across the left half of the picture.
+    box = page.locator("#mask-canvas").bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5, steps=8)
+    page.mouse.up()
+    page.click("#submit")
+    wait_for_picture(page, live, key, http, "/api/v6/images")
+    save_screenshot(page, tmp_path, "playground-inpaint.png")
+
+    assert len(bodies) == 1
+    mask = decode_data_url(bodies[0]["mask_image"]).convert("L")
+    assert mask.size == (64, 64)
+    assert mask.getpixel((16, 32)) == 255 and mask.getpixel((56, 32)) == 0
+    assert decode_data_url(bodies[0]["init_image"]).size == (64, 64)
+    curl = page.text_content("#snippet-curl") or ""
+    assert "base64 -w0 mask.png" in curl and "--data @-" in curl
+
+
+def test_api_errors_are_shown_in_the_page(page: Page, live: LiveServer) -> None:
+    page.goto(live.url("/playground"))
+    page.fill("#api-key", "not-a-key")
+    page.click("#connect")
+    expect(page.locator("#error")).to_contain_text("Invalid Api Key")
+
+
+def decode_data_url(value: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(value.split(",", 1)[1])))
