@@ -15,7 +15,9 @@ PAGES = ("/", "/playground", "/playground/playground.js", "/playground/playgroun
 EXTERNAL_URL = re.compile(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", re.IGNORECASE)
 
 
-def test_pages_are_public_and_reference_nothing_outside_the_server(local_server: LiveServer, http: httpx.Client) -> None:
+def test_pages_are_public_and_reference_nothing_outside_the_server(
+    local_server: LiveServer, http: httpx.Client
+) -> None:
     for path in PAGES:
         reply = http.get(local_server.url(path))
         assert reply.status_code == 200, path

@@ -20,7 +20,9 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
 
 from sdserver.auth import Role
+from sdserver.catalog.ids import DEFAULT_UPSCALER
 from sdserver.engines.factory import build_engines
+from sdserver.engines.upscale.tiny import write_official_weights
 from tests.support.image_files import png_bytes
 from tests.support.live_server import LiveServer, make_settings, run_server, worker_thread
 from tests.support.tiny_sd import make_tiny_model
@@ -30,6 +32,15 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 KEY_STORAGE = "sdserver.playground.key"
 WAIT_MS = 60_000
+PROGRESS_RECORDER = """
+window.progressLines = [];
+new MutationObserver(() => {
+  const line = document.getElementById("progress-text");
+  if (line && line.textContent && window.progressLines.at(-1) !== line.textContent) {
+    window.progressLines.push(line.textContent);
+  }
+}).observe(document, { subtree: true, childList: true, characterData: true });
+"""
 
 
 def _chromium_or_skip() -> Path:
@@ -46,10 +57,13 @@ def _chromium_or_skip() -> Path:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """A live API and a worker thread running the real diffusers engine on a tiny seeded model."""
+    """A live API and a worker thread running the real diffusers and upscale engines on tiny seeded weights."""
     data_dir = tmp_path_factory.mktemp("playground")
     make_tiny_model(data_dir / "models", MODEL)
-    settings = make_settings(data_dir, engines=["diffusers"], worker_poll_s=0.05)
+    upscalers = data_dir / "models" / "upscalers"
+    upscalers.mkdir(parents=True)
+    write_official_weights(upscalers, DEFAULT_UPSCALER, "params")
+    settings = make_settings(data_dir, engines=["diffusers", "upscale"], worker_poll_s=0.05)
     with run_server(settings) as server:
         services = server.services
         with worker_thread(server, build_engines(services.settings, services.objects), "w1", join_s=30.0):
@@ -81,6 +95,8 @@ def page(browser: Browser, live: LiveServer) -> Iterator[Page]:
 
     context.route("**/*", only_this_server)
     page = context.new_page()
+    # Records each progress line the page shows, to check the live progress after the job is done.
+    page.add_init_script(PROGRESS_RECORDER)
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(str(error)))
     yield page
@@ -180,6 +196,9 @@ def test_text2img_from_the_form_shows_the_picture_and_the_code(
     assert page.evaluate(f"sessionStorage.getItem('{KEY_STORAGE}')") == key
     assert page.evaluate("localStorage.length") == 0
     assert shot.stat().st_size > 0
+    # instant_response answers `processing` at once, so the page showed progress before the picture.
+    progress = page.evaluate("window.progressLines")
+    assert progress and "%" in progress[0] and "ETA" in progress[0], progress
 
 
 def test_inpaint_sends_the_drawn_mask(page: Page, live: LiveServer, http: httpx.Client, tmp_path: Path) -> None:
@@ -210,6 +229,26 @@ def test_inpaint_sends_the_drawn_mask(page: Page, live: LiveServer, http: httpx.
     assert decode_data_url(bodies[0]["init_image"]).size == (64, 64)
     curl = page.text_content("#snippet-curl") or ""
     assert "base64 -w0 mask.png" in curl and "--data @-" in curl
+
+
+def test_upscale_from_the_form(page: Page, live: LiveServer, http: httpx.Client, tmp_path: Path) -> None:
+    key = live.new_key(Role.USER)
+    bodies = submitted_bodies(page, "/api/v6/image_editing/super_resolution")
+    connect(page, live, key)
+    page.click("[data-mode=upscale]")
+    expect(page.locator("#upscaler")).to_have_value(DEFAULT_UPSCALER)
+    page.select_option("#scale", "2")
+    picture = tmp_path / "input.png"
+    picture.write_bytes(png_bytes(40, 30, color=(220, 180, 40)))
+    page.set_input_files("#init_file", str(picture))
+    page.wait_for_function("() => document.getElementById('snippet-curl').textContent.includes('input.png')")
+    page.click("#submit")
+    src = wait_for_picture(page, live, key, http, "/api/v6/image_editing")
+    save_screenshot(page, tmp_path, "playground-upscale.png")
+
+    assert Image.open(io.BytesIO(http.get(src).content)).size == (80, 60)
+    assert [(body["model_id"], body["scale"]) for body in bodies] == [(DEFAULT_UPSCALER, 2)]
+    assert decode_data_url(bodies[0]["init_image"]).size == (40, 30)
 
 
 def test_api_errors_are_shown_in_the_page(page: Page, live: LiveServer) -> None:

@@ -344,7 +344,7 @@ function curlSnippet(url, json, fetchUrl) {
   const lines = pieces.map((piece, index) => index % 2
     ? `  base64 -w0 ${piece}`
     : `  echo '${index > 0 ? '"' : ""}${piece}${index < last ? '"' : ""}'`);
-  return `{\n${lines.join("\n")}\n} | ${head} --data @-${poll}`;
+  return `${fileNote()}{\n${lines.join("\n")}\n} | ${head} --data @-${poll}`;
 }
 
 function pythonSnippet(url, json, fetchUrl) {
@@ -353,12 +353,19 @@ function pythonSnippet(url, json, fetchUrl) {
   const reader = usesFiles
     ? `\n\ndef b64(path):\n    with open(path, "rb") as f:\n        return base64.b64encode(f.read()).decode()\n`
     : "";
-  return `import ${usesFiles ? "base64\nimport " : ""}os\nimport time\n\nimport requests\n\n` +
+  return `${usesFiles ? fileNote() : ""}import ${usesFiles ? "base64\nimport " : ""}os\nimport time\n\nimport requests\n\n` +
     `HEADERS = {"key": os.environ["KEY"]}${reader}\n\nbody = ${body}\n` +
     `reply = requests.post("${url}", json=body, headers=HEADERS, timeout=120).json()\n` +
     `while reply["status"] == "processing":\n    time.sleep(1)\n` +
     `    reply = requests.post(f"${fetchUrl}{reply['id']}", headers=HEADERS, timeout=30).json()\n` +
     `print(reply["status"], reply.get("output") or reply.get("message"))\n`;
+}
+
+// Which files the snippet reads: the page itself sends them as data URLs, fitted to the chosen size.
+function fileNote() {
+  if (state.mode === "upscale") return `# input.png: the picture to upscale\n`;
+  const names = state.mode === "inpaint" ? "init.png and mask.png (white = repaint)" : "init.png";
+  return `# ${names}: your pictures, ${number("width") || 512}×${number("height") || 512} like the page sends\n`;
 }
 
 function showSnippet(kind) {
