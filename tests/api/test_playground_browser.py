@@ -10,6 +10,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,6 +194,14 @@ def test_text2img_from_the_form_shows_the_picture_and_the_code(
     python = page.text_content("#snippet-python") or ""
     assert "requests.post(" in python and 'os.environ["KEY"]' in python
     assert key not in curl + python
+    # The snippets run as shown: curl submits the same job; the Python script submits, polls and prints.
+    assert run_curl(curl, key, tmp_path)["status"] in ("processing", "success")
+    script = tmp_path / "snippet.py"
+    script.write_text(python)
+    printed = subprocess.run(
+        [sys.executable, str(script)], env=snippet_env(key), capture_output=True, text=True, timeout=60
+    )
+    assert printed.stdout.startswith("success ['" + live.base_url), printed.stdout + printed.stderr
     # The key is kept for this tab only.
     assert page.evaluate(f"sessionStorage.getItem('{KEY_STORAGE}')") == key
     assert page.evaluate("localStorage.length") == 0
@@ -229,6 +239,10 @@ def test_inpaint_sends_the_drawn_mask(page: Page, live: LiveServer, http: httpx.
     assert decode_data_url(bodies[0]["init_image"]).size == (64, 64)
     curl = page.text_content("#snippet-curl") or ""
     assert "base64 -w0 mask.png" in curl and "--data @-" in curl
+    # The curl snippet reads init.png and mask.png from the working directory.
+    (tmp_path / "mask.png").write_bytes(png_bytes(64, 64, color=(255, 255, 255)))
+    init.write_bytes(png_bytes(64, 64))
+    assert run_curl(curl, key, tmp_path)["status"] in ("processing", "success")
 
 
 def test_upscale_from_the_form(page: Page, live: LiveServer, http: httpx.Client, tmp_path: Path) -> None:
@@ -256,6 +270,22 @@ def test_api_errors_are_shown_in_the_page(page: Page, live: LiveServer) -> None:
     page.fill("#api-key", "not-a-key")
     page.click("#connect")
     expect(page.locator("#error")).to_contain_text("Invalid Api Key")
+
+
+def snippet_env(key: str) -> dict[str, str]:
+    """The shell a user runs a snippet in: KEY set; proxies dropped (the server is on loopback)."""
+    return {name: value for name, value in os.environ.items() if "proxy" not in name.lower()} | {"KEY": key}
+
+
+def run_curl(snippet: str, key: str, cwd: Path) -> dict[str, Any]:
+    """Run the snippet's submit command (the part before the polling hint) in bash; return the JSON reply."""
+    submit = snippet.split("\n\n# While", 1)[0]
+    done = subprocess.run(
+        ["bash", "-c", submit], cwd=cwd, env=snippet_env(key), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    reply: dict[str, Any] = json.loads(done.stdout)
+    return reply
 
 
 def decode_data_url(value: str) -> Image.Image:

@@ -335,8 +335,8 @@ function updateSnippets() {
 function curlSnippet(url, json, fetchUrl) {
   const head = `curl -sS -X POST '${url}' \\\n  -H 'Content-Type: application/json' -H "key: $KEY"`;
   const quoted = json.replaceAll("'", "'\\''");
-  const poll = `\n\n# While "status" is "processing", poll with the reply's id:\n` +
-    `curl -sS -X POST '${fetchUrl}<id>' -H "key: $KEY"`;
+  const poll = `\n\n# While "status" is "processing", poll with the reply's "id" in ID:\n` +
+    `curl -sS -X POST '${fetchUrl}'"$ID" -H "key: $KEY"`;
   if (!json.includes("@@FILE:")) return `${head} \\\n  -d '${quoted}'${poll}`;
   // Images go in as raw base64 of the files; curl --data @- drops the line breaks between the pieces.
   const pieces = quoted.split(FILE_MARK);
