@@ -245,6 +245,28 @@ def test_inpaint_sends_the_drawn_mask(page: Page, live: LiveServer, http: httpx.
     assert run_curl(curl, key, tmp_path)["status"] in ("processing", "success")
 
 
+def test_img2img_fits_the_picture_to_the_chosen_size(
+    page: Page, live: LiveServer, http: httpx.Client, tmp_path: Path
+) -> None:
+    key = live.new_key(Role.USER)
+    bodies = submitted_bodies(page, "/api/v6/images/img2img")
+    connect(page, live, key)
+    page.click("[data-mode=img2img]")
+    fill_small_job(page, "a green field")
+    page.fill("#strength", "0.5")
+    init = tmp_path / "wide.png"
+    init.write_bytes(png_bytes(200, 100, color=(40, 160, 60)))
+    page.set_input_files("#init_file", str(init))
+    expect(page.locator("#canvas-empty")).to_be_hidden()
+    page.click("#submit")
+    wait_for_picture(page, live, key, http, "/api/v6/images")
+
+    assert [body["strength"] for body in bodies] == [0.5]
+    fitted = decode_data_url(bodies[0]["init_image"]).convert("RGB")
+    assert fitted.size == (64, 64) and fitted.getpixel((32, 32)) == (40, 160, 60)
+    assert "mask_image" not in bodies[0]
+
+
 def test_upscale_from_the_form(page: Page, live: LiveServer, http: httpx.Client, tmp_path: Path) -> None:
     key = live.new_key(Role.USER)
     bodies = submitted_bodies(page, "/api/v6/image_editing/super_resolution")

@@ -82,10 +82,10 @@ async function connect() {
   $("key-state").textContent = "Connecting…";
   try {
     const [models, schedulers] = await Promise.all([callApi(MODELS_PATH), callApi(SCHEDULERS_PATH)]);
-    showModels(models.models || []);
+    const ready = showModels(models.models || []);
     const names = schedulers.schedulers || [];
     fillSelect($("scheduler"), names.map((name) => [name, name]), state.config.default_scheduler);
-    $("key-state").textContent = `Connected: ${$("model_id").options.length} model(s), ${names.length} schedulers.`;
+    $("key-state").textContent = `Connected: ${ready} model(s) ready, ${names.length} schedulers.`;
   } catch (error) {
     $("key-state").textContent = "Not connected.";
     showError(error.message);
@@ -103,6 +103,7 @@ function showModels(models) {
   const upscalers = new Set(state.config.upscalers);
   models.filter((m) => m.model_type === "upscaler" && m.state === "ready").forEach((m) => upscalers.add(m.model_id));
   fillSelect($("upscaler"), [...upscalers].map((id) => [id, id]), state.config.default_upscaler);
+  return checkpoints.filter((m) => m.state === "ready").length;
 }
 
 // --- the form: one per mode, sharing fields ---
