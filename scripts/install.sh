@@ -16,3 +16,15 @@ if [ "${1:-}" != "" ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$target"
+# The playground's browser test drives Debian's chromium through Playwright (no browser download works offline).
+if [[ ",${1:-}," == *",test,"* ]] && [ ! -x /usr/bin/chromium ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+        echo "installing chromium (Debian package) for the browser tests"
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; then
+            echo "WARNING: 'apt-get install chromium' failed: the playground's browser test will fail until it is installed." >&2
+        fi
+    else
+        echo "WARNING: /usr/bin/chromium is missing and cannot be installed here (needs apt-get and root)." >&2
+        echo "WARNING: run 'sudo apt-get install -y chromium', or tests/api/test_playground_browser.py is skipped." >&2
+    fi
+fi

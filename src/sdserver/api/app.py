@@ -25,6 +25,7 @@ from sdserver.api.routes import (
     jobs,
     models,
     nsfw,
+    playground,
     server,
     stablecog,
     uploads,
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 # Multipart framing around Stablecog's single file part.
 _MULTIPART_OVERHEAD = 64 * 1024
 _PURGE_INTERVAL_S = 600.0
-# Every router the app serves, in matching order.
+# Every API router the app serves, in matching order (the public pages are added on their own).
 ROUTERS = tuple(
     module.router
     for module in (health, files, uploads, stablecog, generation, controlnet, upscale, nsfw, models, server, jobs)
@@ -80,6 +81,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_docs_pages(app)
+    # Public pages like the docs, so outside ROUTERS (the key-checked API routes the route-walk tests cover).
+    app.include_router(playground.router)
     app.state.services = services
 
     def body_limit_for(path: str) -> int:
