@@ -12,7 +12,9 @@ from fastapi.responses import HTMLResponse, Response
 
 from sdserver import __version__
 from sdserver.api.deps import ServicesDep
-from sdserver.api.schemas_generation import MAX_SAMPLES, MAX_SIDE, MAX_STEPS, MIN_SIDE
+from sdserver.api.schemas_family import MIN_SIDE
+from sdserver.api.schemas_generation import MAX_SAMPLES, MAX_STEPS
+from sdserver.catalog.families.capabilities import FAMILY_CAPABILITIES
 from sdserver.catalog.ids import DEFAULT_UPSCALER, UPSCALER_MODELS
 from sdserver.job_params import DEFAULT_GUIDANCE_SCALE, DEFAULT_SCHEDULER_NAME, DEFAULT_STEPS, DEFAULT_STRENGTH
 
@@ -48,6 +50,9 @@ _LANDING: Final = f"""<!doctype html>
 <li><a href="/docs">API reference</a> (Swagger UI) · <a href="/redoc">ReDoc</a></li></ul></main></body></html>
 """
 
+# The largest side any model family accepts (each family's own cap is checked at submit).
+MAX_SIDE = max(capabilities.max_size for capabilities in FAMILY_CAPABILITIES.values())
+
 
 def _asset(name: str) -> str:
     return resources.files("sdserver.api").joinpath("playground", name).read_text(encoding="utf-8")
@@ -68,6 +73,7 @@ async def playground_config(services: ServicesDep) -> dict[str, Any]:
     """Limits and defaults the forms start from; model and scheduler lists come from the API with the key."""
     return {
         "version": __version__,
+        # The largest any family allows; the server refuses a size past the chosen model's own cap.
         "sizes": [size for size in SIZES if MIN_SIDE <= size <= MAX_SIDE],
         "min_side": MIN_SIDE,
         "max_side": MAX_SIDE,
