@@ -15,7 +15,8 @@ out="${OUT:-$PWD/bench/results/device}"
 mkdir -p "$out"
 python_bin=python3
 [ -x .venv/bin/python ] && python_bin=.venv/bin/python
-if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
+# Only where there is no venv: the wheels are for the device machine's own Python (3.12).
+if [ ! -x .venv/bin/python ] && [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
     "$python_bin" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/sdserver-site .whl/*.whl || exit 1
     export PYTHONPATH="/tmp/sdserver-site${PYTHONPATH:+:$PYTHONPATH}"
