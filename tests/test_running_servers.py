@@ -40,6 +40,9 @@ def test_every_command_resolves_the_data_dir_flag_then_environment_then_default(
     assert " env" in listed and "flag" not in listed and "default" not in listed
     assert main(["keys", "list", "--data-dir", str(tmp_path / "from-flag")]) == 0
     assert "flag" in capsys.readouterr().out
+    # The flag may also come before the command.
+    assert main(["--data-dir", str(tmp_path / "from-flag"), "keys", "list"]) == 0
+    assert "flag" in capsys.readouterr().out
 
 
 def test_records_live_in_the_configured_folder_else_under_xdg_state_home(

@@ -25,6 +25,7 @@ log = logging.getLogger("sdserver")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdserver", description="Self-hosted Stable Diffusion API server.")
     parser.add_argument("--version", action="version", version=f"sdserver {__version__}")
+    _add_data_dir(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="start the API and local workers (default job store: embedded SQLite)")
@@ -59,11 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_data_dir(parser: argparse.ArgumentParser) -> None:
-    # One resolution for every command and the server: this flag, else SDSERVER_DATA_DIR, else ./data.
+def _add_data_dir(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    # One resolution for every command and the server: this flag (before or after the command), else
+    # SDSERVER_DATA_DIR, else ./data. A subcommand's flag must not reset the top-level one when absent: SUPPRESS.
     parser.add_argument(
         "--data-dir",
         type=Path,
+        default=None if top else argparse.SUPPRESS,
         help="folder for the SQLite file and stored objects (default: SDSERVER_DATA_DIR, else ./data)",
     )
 
