@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +61,8 @@ def _stop_servers(servers_dir: Path) -> None:
 
 
 def test_the_readme_quick_start_runs_verbatim_and_makes_its_pictures(tmp_path: Path) -> None:
+    # What the README assumes a newcomer has besides this checkout.
+    assert shutil.which("curl") and shutil.which("python3"), "the quick start needs curl and python3 on PATH"
     work = tmp_path / "checkout"
     work.mkdir()
     _fake_venv(work)

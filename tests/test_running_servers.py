@@ -94,6 +94,15 @@ def test_keys_on_an_empty_data_dir_warn_where_the_running_server_keeps_its_data(
     assert data_dir_warning(make_settings(tmp_path / "third", servers_dir=servers)) is None
 
 
+def test_a_server_on_another_database_is_named_too(tmp_path: Path, clean_env: None, postgres_url: str) -> None:
+    servers = tmp_path / "servers"
+    served = make_settings(tmp_path / "served", servers_dir=servers, database_url=postgres_url)
+    served.data_dir.mkdir()
+    with run_server(served), server_record(served):
+        warning = data_dir_warning(make_settings(tmp_path / "served", servers_dir=servers))
+    assert warning is not None and "set the same SDSERVER_DATABASE_URL here" in warning
+
+
 def test_sdserver_serve_leaves_a_record_that_a_cli_command_elsewhere_reports(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("SDSERVER_")}
     env.update(SDSERVER_SERVERS_DIR=str(tmp_path / "servers"), SDSERVER_WORKERS="0")

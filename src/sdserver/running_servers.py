@@ -104,12 +104,16 @@ def data_dir_warning(settings: Settings) -> str | None:
     if settings.database_url is not None or settings.sqlite_file.exists():
         return None
     here = str(settings.data_dir.resolve())
-    others = [record for record in running_servers(settings) if record.sqlite and record.data_dir != here]
+    others = [record for record in running_servers(settings) if not record.sqlite or record.data_dir != here]
     if not others:
         return None
     server = others[0]
+    start = (
+        f"warning: {here} holds no database, so this command starts a new one that the server running at {server.url}"
+    )
+    if not server.sqlite:
+        return f"{start} does not read (it uses SDSERVER_DATABASE_URL); set the same SDSERVER_DATABASE_URL here"
     return (
-        f"warning: {here} holds no database, so this command starts a new one that the server running at "
-        f"{server.url} does not read (its data dir is {server.data_dir}); "
+        f"{start} does not read (its data dir is {server.data_dir}); "
         f"pass --data-dir {server.data_dir} or set SDSERVER_DATA_DIR={server.data_dir}"
     )
