@@ -8,18 +8,16 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sdserver import __version__
 from sdserver.auth import KeyStore, Role
 from sdserver.config import Settings
 from sdserver.database import create_db_engine
-from sdserver.engines.diffusion.tiny_families.names import FOLDER_ONLY, TinyFamily
 from sdserver.errors import SdError
 from sdserver.logs import LOG_FORMATS, LogFormat, configure_logging, uvicorn_log_config
-
-if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine as DbEngine
+from sdserver.running_servers import data_dir_warning, server_record
+from sdserver.tiny_models import add_model_commands, run_models_command
 
 log = logging.getLogger("sdserver")
 
@@ -27,6 +25,7 @@ log = logging.getLogger("sdserver")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdserver", description="Self-hosted Stable Diffusion API server.")
     parser.add_argument("--version", action="version", version=f"sdserver {__version__}")
+    _add_data_dir(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="start the API and local workers (default job store: embedded SQLite)")
@@ -56,26 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="manage diffusion models in the models folder (SDSERVER_MODELS_DIR)")
     model_commands = models.add_subparsers(dest="models_command", required=True)
-    tiny = model_commands.add_parser("make-tiny", help="write a tiny random-weight model (its outputs are noise)")
-    tiny.add_argument("name", help="model id to create (letters, digits, '.', '_', '-')")
-    tiny.add_argument(
-        "--family",
-        choices=[family.value for family in TinyFamily],
-        default=TinyFamily.SD15.value,
-        help="model family to imitate (default sd15; sd2v: SD 2.x v-prediction; lcm: SD 1.5 with an LCM scheduler)",
-    )
-    tiny.add_argument(
-        "--single-file",
-        action="store_true",
-        help="write an original-layout .safetensors checkpoint plus its config folder instead of a diffusers folder",
-    )
-    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    _add_data_dir(tiny)
+    for command in add_model_commands(model_commands):
+        _add_data_dir(command)
     return parser
 
 
-def _add_data_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, help="folder for the SQLite file and stored objects")
+def _add_data_dir(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    # One resolution for every command and the server: this flag (before or after the command), else
+    # SDSERVER_DATA_DIR, else ./data. A subcommand's flag must not reset the top-level one when absent: SUPPRESS.
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None if top else argparse.SUPPRESS,
+        help="folder for the SQLite file and stored objects (default: SDSERVER_DATA_DIR, else ./data)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -96,12 +89,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(settings, log_level=args.log_level, log_format=args.log_format)
         if args.command == "worker":
             return worker(settings, log_level=args.log_level, log_format=args.log_format)
+        _warn_about_data_dir(settings)
         if args.command == "models":
             return run_models_command(settings, args)
         return run_keys_command(settings, args)
     except SdError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+
+
+def _warn_about_data_dir(settings: Settings) -> None:
+    """Keys and models written to a fresh data dir while the server reads another one are the newcomer's trap."""
+    warning = data_dir_warning(settings)
+    if warning is not None:
+        print(warning, file=sys.stderr)
 
 
 def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -123,59 +124,6 @@ def run_keys_command(settings: Settings, args: argparse.Namespace) -> int:
     elif args.keys_command == "revoke":
         key = keys.revoke(args.id)
         print(f"revoked key #{key.id} '{key.name}'")
-    return 0
-
-
-def _publish_model(settings: Settings, db: DbEngine, model_id: str, path: Path) -> None:
-    """Upload a new model to the object store when models live there too, as a load job does."""
-    from sdserver.catalog.manifests import ManifestStore
-    from sdserver.catalog.registry import ModelKind
-    from sdserver.engines.model_files import ModelFiles
-    from sdserver.worker.main import build_object_store
-
-    ModelFiles(settings, build_object_store(settings, db), ManifestStore(db)).publish(
-        ModelKind.CHECKPOINT, model_id, path
-    )
-
-
-def run_models_command(settings: Settings, args: argparse.Namespace) -> int:
-    """`models make-tiny NAME`: a tiny seeded model, registered as ready, for trying the API without weights."""
-    from sdserver.catalog.families import detect_source_family
-    from sdserver.catalog.ids import is_valid_model_id
-    from sdserver.catalog.layout import find_model, models_dir_for
-    from sdserver.catalog.registry import ModelKind, ModelRegistry
-
-    if not is_valid_model_id(args.name):
-        print(f"error: {args.name!r} is not a valid model id (letters, digits, '.', '_', '-')", file=sys.stderr)
-        return 2
-    family = TinyFamily(args.family)
-    if args.single_file and family in FOLDER_ONLY:
-        print(f"error: --single-file: {FOLDER_ONLY[family]}", file=sys.stderr)
-        return 2
-    # torch loads only for this command, never for `serve` or `keys`.
-    from sdserver.engines.diffusion.tiny_families.writer import make_tiny_family_model
-
-    # The registry's format names, as load_model records them.
-    model_format = "safetensors" if args.single_file else "diffusers"
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = create_db_engine(settings.sql_url)
-    registry = ModelRegistry(db)
-    flags = " --single-file" if args.single_file else ""
-    source = f"sdserver models make-tiny --family {family.value}{flags} --seed {args.seed}"
-    registry.begin_load(ModelKind.CHECKPOINT, args.name, source=source, format=model_format)
-    models_dir = models_dir_for(settings)
-    path = make_tiny_family_model(models_dir, args.name, family, single_file=args.single_file, seed=args.seed)
-    _publish_model(settings, db, args.name, path)
-    files = [path] if path.is_file() else [entry for entry in path.rglob("*") if entry.is_file()]
-    registry.mark_ready(ModelKind.CHECKPOINT, args.name, format=model_format, size=sum(f.stat().st_size for f in files))
-    stored = find_model(models_dir, args.name)
-    info = detect_source_family(stored) if stored is not None else None
-    print(f"wrote tiny {family.value} model '{args.name}' to {path}")
-    if info is not None:
-        prediction = info.prediction_type.value if info.prediction_type else "unknown"
-        few_step = f", few-step: {info.few_step.value}" if info.few_step else ""
-        print(f"detected family: {info.family.value} (prediction: {prediction}{few_step})")
-    print("its weights are random: every image it makes is noise (for trying the API and tests, not for pictures)")
     return 0
 
 
@@ -222,15 +170,17 @@ def serve(settings: Settings, *, log_level: str = "info", log_format: LogFormat 
     # process on the spot and skip the supervisor's stop below, orphaning the workers. Ours turns it into an exit.
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level=log_level,
-            log_config=uvicorn_log_config(),
-            proxy_headers=True,
-            limit_concurrency=settings.max_connections,
-        )
+        # The record lets `keys`/`models` run on another data dir say where this server keeps its data.
+        with server_record(settings):
+            uvicorn.run(
+                app,
+                host=settings.host,
+                port=settings.port,
+                log_level=log_level,
+                log_config=uvicorn_log_config(),
+                proxy_headers=True,
+                limit_concurrency=settings.max_connections,
+            )
     except SystemExit:
         pass
     finally:

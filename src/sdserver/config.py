@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # Defaults to http://{host}:{port}; set it when the server sits behind a proxy or a domain.
     base_url: str | None = None
 
+    # Where each running `serve` leaves a record (pid, URL, data dir) so CLI commands on another data dir can warn;
+    # default `$XDG_STATE_HOME/sdserver/servers`.
+    servers_dir: Path | None = None
+
     # SQLAlchemy URL; defaults to a SQLite file under data_dir. PostgreSQL: postgresql+psycopg://...
     database_url: str | None = None
     # An admin key to install on start (created if missing). Never logged.
@@ -155,7 +159,12 @@ class Settings(BaseSettings):
 
     @property
     def sql_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'sdserver.db').resolve()}"
+        return self.database_url or f"sqlite:///{self.sqlite_file.resolve()}"
+
+    @property
+    def sqlite_file(self) -> Path:
+        """The embedded default's database (used when no database_url is set)."""
+        return self.data_dir / "sdserver.db"
 
     @property
     def objects_dir(self) -> Path:

@@ -156,3 +156,12 @@ def test_cancel_queued_of_one_owner_or_all(db: Engine) -> None:
         assert control.cancel_queued(owner_key_id=None) == []
     finally:
         jobs.close()
+
+
+def test_the_default_model_is_kept_and_replaced_in_the_database(db: Engine) -> None:
+    control = ControlStore(db)
+    assert control.load_default_model() is None
+    control.save_default_model("demo")
+    assert ControlStore(db).load_default_model() == "demo"
+    control.save_default_model("other")
+    assert control.load_default_model() == "other"

@@ -39,6 +39,8 @@ server_settings = sa.Table(
 )
 
 STORAGE_SETTING = "storage"
+# The model a generation request without `model_id` runs on, set by the first `models make-tiny` (or an operator).
+DEFAULT_MODEL_SETTING = "default_model"
 # How often a process looks at the command table at most: one tiny indexed read a second per process.
 DEFAULT_POLL_S = 1.0
 
@@ -91,6 +93,15 @@ class ControlStore:
     def load_storage(self) -> S3Config | None:
         value = self._load(STORAGE_SETTING)
         return None if value is None else S3Config(**value)
+
+    def save_default_model(self, model_id: str) -> None:
+        self._save(DEFAULT_MODEL_SETTING, {"model_id": model_id})
+
+    def load_default_model(self) -> str | None:
+        """The persisted default model id; read per request (one indexed row), so a running server sees a new one."""
+        value = self._load(DEFAULT_MODEL_SETTING)
+        model_id = None if value is None else value.get("model_id")
+        return model_id if isinstance(model_id, str) and model_id else None
 
     def _save(self, name: str, value: dict[str, Any]) -> None:
         row = {"name": name, "value": json.dumps(value), "updated_at": to_db_time(utcnow())}

@@ -35,10 +35,13 @@ router = APIRouter(tags=["generation"])
 
 
 def model_id_for(services: Services, requested: str | None) -> str:
-    """The model a generation request runs on (the configured default when it names none); it must exist."""
-    model_id = requested or services.settings.default_model_id
+    """The model a generation request runs on; it must exist. Without one: SDSERVER_DEFAULT_MODEL_ID, else the
+    default persisted in the database (set by the first `models make-tiny`), so legacy v3 clients work."""
+    model_id = requested or services.settings.default_model_id or services.control.load_default_model()
     if not model_id:
-        raise ValidationError.for_field("model_id", "is required (no default model is configured)", requested)
+        raise ValidationError.for_field(
+            "model_id", "is required (no default model: set SDSERVER_DEFAULT_MODEL_ID)", requested
+        )
     if not services.models.exists(model_id):
         raise ModelNotFoundError.for_id(model_id)
     return model_id
