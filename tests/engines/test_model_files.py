@@ -3,14 +3,13 @@ same database and object store) pulls and verifies; deleted models and a corrupt
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from safetensors.numpy import save as save_safetensors
 
 from sdserver.catalog.bucket import read_stamp
 from sdserver.catalog.files import SOURCE_LOCAL
@@ -27,8 +26,10 @@ from sdserver.job_params import ControlNetParams, ControlNetUnit, GenerationPara
 from sdserver.jobs import Job, JobKind, JobStatus
 from sdserver.objects.local import LocalObjectStore
 from sdserver.objects.switching import SwitchingObjectStore
+from tests.support.family_layouts import checkpoint_bytes
 
-WEIGHTS = save_safetensors({"w": np.arange(4000, dtype=np.float32)})
+# A real SD 1.x key layout: the load job detects the family before it installs anything.
+WEIGHTS = checkpoint_bytes("sd15", extra_floats=4000)
 
 
 def make_job(kind: JobKind, model_id: str, params: JobParams) -> Job:
@@ -77,8 +78,12 @@ def boxes(tmp_path: Path) -> Boxes:
 
 
 def write_folder_model(root: Path) -> Path:
+    """An SD 1.x diffusers folder as far as family detection reads it (configs), with one weight file."""
     (root / "unet").mkdir(parents=True)
-    (root / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}
+    index["text_encoder"] = ["transformers", "CLIPTextModel"]
+    (root / "model_index.json").write_text(json.dumps(index))
+    (root / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": 768, "in_channels": 4}))
     (root / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(WEIGHTS)
     return root
 
@@ -107,7 +112,7 @@ def test_a_reloaded_model_replaces_the_pulled_copy(boxes: Boxes) -> None:
     boxes.load(ModelKind.CHECKPOINT, "m", _file(boxes.imports / "m.safetensors"))
     files = boxes.files_b()
     files.ensure(ModelKind.CHECKPOINT, "m")
-    changed = save_safetensors({"w": np.ones(10, dtype=np.float32)})
+    changed = checkpoint_bytes("sd15", extra_floats=10)
     (boxes.imports / "m.safetensors").write_bytes(changed)
     boxes.load(ModelKind.CHECKPOINT, "m", boxes.imports / "m.safetensors")
 
