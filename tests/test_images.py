@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import time
 import tracemalloc
 from typing import Any
@@ -426,3 +427,13 @@ def test_store_outages_propagate_as_they_are() -> None:
 def test_issued_objects_are_still_inspected() -> None:
     with pytest.raises(UnsupportedImageTypeError):
         load("http://files.example/page", issued=FakeStore({"page": html_as_png()}))
+
+
+@pytest.mark.parametrize("exif", [b"MM\xcc*\x00\x00\x00\x08" + bytes(16), b"II*\x00\xff\xff\xff\x7f" + bytes(8)])
+def test_a_broken_exif_block_is_ignored_and_the_picture_still_decodes(exif: bytes) -> None:
+    """Found by the fuzzer: PIL's EXIF parser raised SyntaxError from `to_pil` (an HTTP 500 or a failed job)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (24, 16), (200, 10, 10)).save(buffer, "JPEG", exif=exif)
+    decoded = inspect_image(buffer.getvalue(), ImageLimits(max_bytes=1 << 20, max_pixels=1 << 20), field="image")
+    picture = decoded.to_pil()
+    assert picture.size == (24, 16) and picture.mode == "RGB"

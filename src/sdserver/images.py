@@ -90,7 +90,7 @@ class DecodedImage:
         """The decoded pixels, upright (EXIF orientation applied), as RGB, or RGBA if any transparency."""
         image = _open_header(self.data, self.format)
         image.load()
-        return normalize_mode(ImageOps.exif_transpose(image))
+        return normalize_mode(upright(image))
 
 
 class IssuedObjectReader(Protocol):
@@ -266,3 +266,13 @@ def encode_image(image: Image.Image, fmt: ImageFormat = "png") -> bytes:
     else:
         image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says; a broken EXIF block is ignored, since the pixels are fine."""
+    try:
+        return ImageOps.exif_transpose(image)
+    # PIL parses EXIF as a TIFF directory and raises whatever that parser meets on hostile bytes (SyntaxError,
+    # struct.error, ValueError, ...): none of it may turn a decodable picture into a failed request.
+    except Exception:
+        return image

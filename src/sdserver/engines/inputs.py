@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 from typing import Final
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from sdserver.engines.base import JobFailed
 from sdserver.errors import JobErrorCode, NotFoundError
+from sdserver.images import upright
 from sdserver.objects.base import ObjectStore
 
 # What the API accepts; other decoders stay unreachable even if a stored object were something else.
@@ -41,8 +42,8 @@ def read_input_image(
                 f"{field}: the image is {width}x{height} pixels, over the limit of {max_pixels} pixels",
             )
         image.load()
-        upright = ImageOps.exif_transpose(image)
-        return upright if mode is None else upright.convert(mode)
+        turned = upright(image)
+        return turned if mode is None else turned.convert(mode)
     except DECODE_ERRORS as exc:
         message = f"{field}: the stored image could not be decoded: {exc}"
         raise JobFailed(JobErrorCode.INVALID_IMAGE, message) from None
