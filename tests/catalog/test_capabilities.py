@@ -9,16 +9,10 @@ from sdserver.catalog.families.capabilities import (
     FAMILY_CAPABILITIES,
     FLOW_MATCH_SCHEDULER,
     GUIDANCE,
-    UNET_SCHEDULERS,
     family_capabilities,
     model_capabilities,
 )
-from sdserver.catalog.schedulers import SAMPLING_SCHEDULERS
 from sdserver.jobs import JobKind
-
-
-def test_the_unet_samplers_are_the_scheduler_tables() -> None:
-    assert frozenset(SAMPLING_SCHEDULERS) == UNET_SCHEDULERS
 
 
 @pytest.mark.parametrize("family", list(ModelFamily), ids=str)

@@ -6,37 +6,24 @@ from typing import Final
 
 from sdserver.catalog.families.capabilities import FLOW_MATCH_SCHEDULERS, model_capabilities
 from sdserver.catalog.families.kinds import FamilyInfo
+from sdserver.catalog.scheduler_names import (
+    EXTRA_SCHEDULER_NAMES,
+    NOISE_ONLY_SCHEDULERS,
+    SAMPLING_SCHEDULERS,
+    SCHEDULER_NAMES,
+    UNSUPPORTED_SCHEDULERS,
+)
 from sdserver.errors import JobErrorCode
 from sdserver.job_params import SchedulerChoice
 
-# The 18 diffusers class names of the contract, in its order.
-SCHEDULER_NAMES: Final = (
-    "DDPMScheduler",
-    "DDIMScheduler",
-    "PNDMScheduler",
-    "LMSDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "HeunDiscreteScheduler",
-    "KDPM2DiscreteScheduler",
-    "DPMSolverSinglestepScheduler",
-    "KDPM2AncestralDiscreteScheduler",
-    "UniPCMultistepScheduler",
-    "DDIMInverseScheduler",
-    "DEISMultistepScheduler",
-    "IPNDMScheduler",
-    "KarrasVeScheduler",
-    "ScoreSdeVeScheduler",
-    "LCMScheduler",
-)
-# Listed by the contract but unable to sample a Stable Diffusion model: refused, never silently swapped.
-UNSUPPORTED_SCHEDULERS: Final = frozenset({"KarrasVeScheduler", "ScoreSdeVeScheduler", "DDIMInverseScheduler"})
-# Samples from noise only: it has no `add_noise`, so it cannot start from an init image (img2img, inpaint).
-NOISE_ONLY_SCHEDULERS: Final = frozenset({"IPNDMScheduler"})
-# Reachable through the A1111 "DPM++ SDE" aliases only (k-diffusion's sampler; needs torchsde).
-EXTRA_SCHEDULER_NAMES: Final = frozenset({"DPMSolverSDEScheduler"})
-SAMPLING_SCHEDULERS: Final = frozenset(SCHEDULER_NAMES) - UNSUPPORTED_SCHEDULERS | EXTRA_SCHEDULER_NAMES
+__all__ = [
+    "EXTRA_SCHEDULER_NAMES",
+    "NOISE_ONLY_SCHEDULERS",
+    "SAMPLING_SCHEDULERS",
+    "SCHEDULER_NAMES",
+    "UNSUPPORTED_SCHEDULERS",
+]
+
 
 # Classes whose config has `use_karras_sigmas` (checked against diffusers 0.42).
 KARRAS_SCHEDULERS: Final = frozenset(

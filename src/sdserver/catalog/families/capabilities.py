@@ -8,30 +8,11 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from sdserver.catalog.families.kinds import FamilyInfo, FewStep, ModelFamily
+from sdserver.catalog.scheduler_names import SAMPLING_SCHEDULERS
 from sdserver.jobs import JobKind
 
-# The samplers of the UNet families (SD 1.x/2.x, SDXL): catalog/schedulers.py's SAMPLING_SCHEDULERS, kept equal to
-# it by a test (a copy, so that module may import this one without a cycle).
-UNET_SCHEDULERS: Final = frozenset(
-    {
-        "DDPMScheduler",
-        "DDIMScheduler",
-        "PNDMScheduler",
-        "LMSDiscreteScheduler",
-        "EulerDiscreteScheduler",
-        "EulerAncestralDiscreteScheduler",
-        "DPMSolverMultistepScheduler",
-        "HeunDiscreteScheduler",
-        "KDPM2DiscreteScheduler",
-        "DPMSolverSinglestepScheduler",
-        "KDPM2AncestralDiscreteScheduler",
-        "UniPCMultistepScheduler",
-        "DEISMultistepScheduler",
-        "IPNDMScheduler",
-        "LCMScheduler",
-        "DPMSolverSDEScheduler",
-    }
-)
+# The samplers of the UNet families (SD 1.x/2.x, SDXL): every name that samples a Stable Diffusion model.
+UNET_SCHEDULERS: Final = SAMPLING_SCHEDULERS
 # Rectified-flow models (SD3, Flux) sample only with a flow-matching scheduler built from their own config; the
 # noise-prediction samplers above would run but make garbage, so they are refused, never swapped silently.
 FLOW_MATCH_SCHEDULER: Final = "FlowMatchEulerDiscreteScheduler"
