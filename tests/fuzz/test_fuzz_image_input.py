@@ -32,7 +32,10 @@ def test_image_input_survives_coverage_guided_fuzzing(tmp_path: Path, capsys: py
         "-timeout=30",
         f"-artifact_prefix={tmp_path}/",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS + 120, cwd=tmp_path, check=False)
+    # Through a shell that forks it: Linux keeps a process's peak RSS across execve, so a fuzzer exec'd straight
+    # from this (large, model-holding) pytest process would start with pytest's peak and trip -rss_limit_mb at once.
+    forked = ["/bin/sh", "-c", '"$0" "$@"; exit $?', *command]
+    done = subprocess.run(forked, capture_output=True, text=True, timeout=SECONDS + 120, cwd=tmp_path, check=False)
     log = done.stderr + done.stdout
     crashes = sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(("crash-", "oom-", "timeout-")))
     assert done.returncode == 0 and not crashes, f"fuzzing found {crashes}:\n{log[-6000:]}"
