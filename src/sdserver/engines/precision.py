@@ -67,10 +67,3 @@ def choose_placement(setting: PrecisionSetting = "auto", device: str | torch.dev
     if where.startswith("cpu") and cpu_has_native_bf16():
         return Placement(where, "bf16")
     return Placement(where, "fp32")
-
-
-def precision_name(dtype: torch.dtype) -> PrecisionName:
-    for name, candidate in DTYPES.items():
-        if candidate == dtype:
-            return name
-    raise ValueError(f"not an engine precision: {dtype}")

@@ -23,7 +23,7 @@ from sdserver.api.params import find_api_key, read_params
 from sdserver.api.replies import error_reply_for
 from sdserver.api.routes.models import family_fields
 from sdserver.api.storage_control import UpdateS3Request, s3_config_from, switch_to_s3
-from sdserver.catalog.schedulers import SAMPLING_SCHEDULERS, SCHEDULER_NAMES
+from sdserver.catalog.schedulers import EXTRA_SCHEDULER_NAMES, SAMPLING_SCHEDULERS, SCHEDULER_NAMES
 from sdserver.errors import ForbiddenError, SdError
 from sdserver.jobs import JobStatus
 from sdserver.jobstore.control import Command
@@ -91,7 +91,7 @@ async def schedulers_list(_caller: CallerDep) -> dict[str, Any]:
     # The contract's names in its order (those that cannot sample a Stable Diffusion model left out), then the
     # ones we run beyond the contract.
     contract = [name for name in SCHEDULER_NAMES if name in SAMPLING_SCHEDULERS]
-    return {"status": "success", "schedulers": contract + sorted(SAMPLING_SCHEDULERS - set(SCHEDULER_NAMES))}
+    return {"status": "success", "schedulers": contract + sorted(EXTRA_SCHEDULER_NAMES)}
 
 
 async def clear_cache(services: ServicesDep, _admin: AdminDep) -> dict[str, Any]:

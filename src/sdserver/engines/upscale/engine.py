@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import torch
-from PIL import Image
 
 from sdserver.catalog.layout import AddonKind, addon_dir, models_dir_for
 from sdserver.catalog.registry import ModelKind
@@ -109,7 +108,8 @@ class UpscaleEngine:
             raise JobFailed(JobErrorCode.FACE_ENHANCE_UNAVAILABLE, FACE_ENHANCE_MESSAGE)
         scale = params.scale
         upscaler = self.upscaler(job.model_id)
-        image = self._read_input(params.input_key)
+        # Phone photos store their rotation in EXIF; the reader turns them upright like the preview.
+        image = read_input_image(self._objects, params.input_key, "url", max_pixels=self._max_pixels)
         try:
             result = upscaler.upscale_with_info(image, scale, tile=self._tile, on_tile=step.step)
         except RuntimeError as exc:
@@ -158,10 +158,6 @@ class UpscaleEngine:
         )  # fmt: skip
         self._loaded.put(model_id, identity, upscaler)
         return upscaler
-
-    def _read_input(self, key: str) -> Image.Image:
-        # Phone photos store their rotation in EXIF; the reader turns them upright like the preview.
-        return read_input_image(self._objects, key, "url", max_pixels=self._max_pixels)
 
     def _device_error(self, exc: RuntimeError) -> Exception | None:
         """Out of memory outside the tile loop (which retries its own) fails the job after freeing the loaded
