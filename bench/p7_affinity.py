@@ -30,6 +30,8 @@ from bench.models import tiny_folders
 MODELS = ("p7-a", "p7-b")
 WORKERS = 2
 LIMIT = 4
+# Affinity must not cost wall time: its run may take at most this much longer than the baseline's.
+WALL_LIMIT = 1.05
 JOB_TIMEOUT_S = 600.0
 
 
@@ -127,8 +129,15 @@ def drain(data_dir: Path, ids: list[int], affinity: bool) -> dict[str, Any]:
             if any(process.poll() is not None for process in processes):
                 raise RuntimeError("a P7 worker exited early")
             time.sleep(0.25)
-        wall = time.perf_counter() - started
-        failed = sum(1 for job_id in ids if store.get(job_id, owner_key_id=None).status.value != "succeeded")
+        spawn_to_done = time.perf_counter() - started
+        ended = [store.get(job_id, owner_key_id=None) for job_id in ids]
+        failed = sum(1 for job in ended if job.status.value != "succeeded")
+        # Wall time of the work itself: first job started to last job finished. Process start-up (importing
+        # torch and diffusers, slower for whichever side runs first on a cold page cache) is not the claim
+        # policy's doing, so it stays out of the comparison.
+        starts = [job.started_at for job in ended if job.started_at is not None]
+        ends = [job.finished_at for job in ended if job.finished_at is not None]
+        wall = (max(ends) - min(starts)).total_seconds() if starts and ends else spawn_to_done
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -146,6 +155,7 @@ def drain(data_dir: Path, ids: list[int], affinity: bool) -> dict[str, Any]:
         "loads": sum(count["loads"] for count in counts),
         "jobs_per_worker": [count["jobs"] for count in counts],
         "wall_s": wall,
+        "spawn_to_done_s": spawn_to_done,
         "failed": failed,
     }
 
@@ -164,17 +174,19 @@ def run(ctx: RunContext) -> dict[str, Any]:
             outcome[label] = drain(data_dir, ids, affinity)
     loads, baseline = outcome["affinity"]["loads"], outcome["round_robin"]["loads"]
     failed = outcome["affinity"]["failed"] + outcome["round_robin"]["failed"]
+    wall_ratio = outcome["affinity"]["wall_s"] / max(outcome["round_robin"]["wall_s"], 1e-9)
     return result(
         "P7",
         f"model loads per {count} mixed jobs over {len(MODELS)} models and {WORKERS} workers, affinity on",
         "the same jobs with affinity off (each claim takes the oldest job)",
         loads / baseline if baseline else None,
-        f"≤ {LIMIT} loads",
-        loads <= LIMIT and failed == 0,
+        f"≤ {LIMIT} loads, wall ≤ {WALL_LIMIT}× the baseline's",
+        loads <= LIMIT and wall_ratio <= WALL_LIMIT and failed == 0,
         loads_affinity=loads,
         loads_round_robin=baseline,
         wall_affinity_s=outcome["affinity"]["wall_s"],
         wall_round_robin_s=outcome["round_robin"]["wall_s"],
+        wall_ratio=wall_ratio,
         jobs_per_worker_affinity=outcome["affinity"]["jobs_per_worker"],
         jobs_per_worker_round_robin=outcome["round_robin"]["jobs_per_worker"],
         failed_jobs=failed,

@@ -21,7 +21,7 @@ ADMIN_ONLY = ["system_details", "clear_cache", "restart_server", "update_server"
 ALL = [*ADMIN_ONLY, "schedulers_list", "clear_queue"]
 
 
-def submit(live: LiveServer, owner_key: str, model_id: str = "test-ok") -> Job:
+def submit(live: LiveServer, owner_key: str, model_id: str = "test-ok", size: int = 64) -> Job:
     owner = live.services.keys.verify(owner_key)
     spec = JobSpec(
         owner_key_id=owner.id,
@@ -30,8 +30,8 @@ def submit(live: LiveServer, owner_key: str, model_id: str = "test-ok") -> Job:
         params=FakeParams(),
         output_keys=(),
         future_links=(),
-        width=64,
-        height=64,
+        width=size,
+        height=size,
         steps=10,
         max_attempts=1,
     )
@@ -87,16 +87,17 @@ def test_system_details_reports_queue_workers_models_and_memory(
     local_server: LiveServer, admin_key: str, user_key: str, http: httpx.Client
 ) -> None:
     jobs = local_server.services.jobs
-    first, second = submit(local_server, user_key), submit(local_server, user_key)
+    first, second = submit(local_server, user_key, size=512), submit(local_server, user_key, size=512)
     jobs.register_worker("gpu-worker-1", device="cuda:0", engines=["diffusers", "upscale"])
-    assert [job.id for job in jobs.claim("gpu-worker-1", lease_s=60)] == [first.id]
+    claimed = jobs.claim("gpu-worker-1", held_models=["test-ok"], lease_s=60)
+    assert [job.id for job in claimed] == [first.id]
     jobs.worker_heartbeat("gpu-worker-1", held_models=["test-ok"])
     body = post(http, local_server, "system_details", admin_key).json()
     assert body["status"] == "ok"
     assert body["version"] == __version__
     assert body["model_count"] == 1 and body["loaded_models"] == ["test-ok"]
     assert body["queue"] == {"queued": 1, "running": 1} and body["queue_depth"] == 2
-    # No measured speed yet: 1 s per step, 10 steps queued + 10 running, one live worker.
+    # No measured speed yet: 1 s per 512×512 step, 10 steps queued + 10 running, one live worker holding the model.
     assert body["queue_time"] == 20
     assert body["worker_count"] == 1 and body["devices"] == ["cuda:0"]
     [worker] = body["workers"]

@@ -21,6 +21,7 @@ from sdserver.database import create_db_engine
 from sdserver.errors import LeaseLostError, NotFoundError
 from sdserver.job_params import FakeParams, GenerationParams, JobReply
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus, WebhookStatus, batch_signature
+from sdserver.jobstore.eta import DEFAULT_LOAD_S
 from sdserver.jobstore.store import JobStore
 from sdserver.jobstore.tables import job_webhooks, jobs, workers
 
@@ -490,27 +491,29 @@ def test_claim_honours_model_and_kind_filters(store: JobStore) -> None:
 
 
 def test_queue_position_and_eta_move_as_jobs_finish(store: JobStore, db: Db) -> None:
+    store.worker_heartbeat("w", held_models=["model-a"])  # one live worker that holds the model: no loads
     first, second, third = (store.submit(make_spec(steps=10)) for _ in range(3))
-    # 1 s per step with no measurements, one worker (none registered counts as one).
+    # Nothing measured yet: 1 s per 512×512 step.
     assert [store.queue_position(job) for job in (first, second, third)] == [1, 2, 3]
     assert store.eta_seconds(third) == 30
-    store.claim("w", lease_s=LEASE)
+    store.claim("w", held_models=["model-a"], lease_s=LEASE)
     assert store.queue_position(store.get(third.id, owner_key_id=None)) == 2
     assert store.queue_position(store.get(first.id, owner_key_id=None)) is None
     store.report_progress(first.id, "w", step=5, total=10)
     assert store.eta_seconds(third) == 25
     assert store.eta_seconds(store.get(first.id, owner_key_id=None)) == 5
-    store.complete(first.id, "w", result={}, seconds_per_step=1.0)
+    store.complete(first.id, "w", result={}, seconds_per_step=1.0, run_seconds=10.0)
     assert store.eta_seconds(third) == 20
-    store.claim("w", lease_s=LEASE)
-    store.complete(second.id, "w", result={}, seconds_per_step=1.0)
+    store.claim("w", held_models=["model-a"], lease_s=LEASE)
+    store.complete(second.id, "w", result={}, seconds_per_step=1.0, run_seconds=10.0)
     assert store.queue_position(store.get(third.id, owner_key_id=None)) == 1
     assert store.eta_seconds(third) == 10
     assert store.eta_seconds(run_to_success(store, third)) == 0
 
 
-def test_eta_uses_measured_speed_of_the_same_model_and_size(store: JobStore) -> None:
-    for sps in (2.0, 2.0, 50.0):  # the median ignores one outlier
+def test_eta_uses_measured_speed_of_the_model(store: JobStore) -> None:
+    store.worker_heartbeat("w", held_models=["m", "unmeasured"])
+    for sps in (2.0, 2.0, 50.0):  # rows with only seconds per step (older servers): the median ignores the outlier
         run_to_success(store, store.submit(make_spec(model_id="m", width=512, height=512)), sps=sps)
     same = store.submit(make_spec(model_id="m", width=512, height=512, steps=10))
     assert store.eta_seconds(same) == 20
@@ -518,19 +521,51 @@ def test_eta_uses_measured_speed_of_the_same_model_and_size(store: JobStore) -> 
     # Only other sizes measured: scaled by pixel count.
     wide = store.submit(make_spec(model_id="m", width=1024, height=512, steps=10))
     assert store.eta_seconds(wide) == 40
-    # Nothing known about the model: 1 s per step, behind `wide`.
-    assert store.eta_seconds(store.submit(make_spec(model_id="unmeasured", steps=10))) == 40 + 10
+    # A model never run here goes at this machine's speed (any model's runs), behind `wide`.
+    assert store.eta_seconds(store.submit(make_spec(model_id="unmeasured", steps=10))) == 40 + 20
 
 
 def test_more_live_workers_lower_the_eta(store: JobStore, db: Db) -> None:
     for _ in range(4):
         last = store.submit(make_spec(steps=10))
+    store.worker_heartbeat("w1", held_models=["model-a"])
     assert store.eta_seconds(last) == 30 + 10
-    store.register_worker("w1", device="cpu", engines=["test"])
-    store.register_worker("w2", device="cpu", engines=["test"])
+    store.worker_heartbeat("w2", held_models=["model-a"])
     assert store.eta_seconds(last) == 15 + 10
-    db.clock.advance(61)  # both went silent
-    assert store.eta_seconds(last) == 30 + 10
+    db.clock.advance(61)  # both went silent: none counts as one, and nobody holds the model any more
+    assert store.eta_seconds(last) == 30 + 10 + DEFAULT_LOAD_S
+
+
+def test_eta_adds_the_model_load_when_no_live_worker_holds_the_model(store: JobStore, db: Db) -> None:
+    store.worker_heartbeat("w", held_models=["held"])
+    cold = store.submit(make_spec(model_id="cold", steps=10))
+    assert store.eta_seconds(cold) == 10 + DEFAULT_LOAD_S  # never loaded here: the default load
+    claimed = store.claim("w", held_models=["held"], lease_s=LEASE)
+    store.complete(claimed[0].id, "w", result={}, seconds_per_step=1.0, run_seconds=10.0, load_seconds=4.0)
+    store.worker_heartbeat("w", held_models=["held"])  # its cache kept the other model
+    again = store.submit(make_spec(model_id="cold", steps=10))
+    assert store.eta_seconds(again) == 10 + 4  # the measured load
+    # Two queued jobs of a cold model load it once.
+    behind = store.submit(make_spec(model_id="cold", steps=10))
+    assert store.eta_seconds(behind) == 10 + 4 + 10
+    store.worker_heartbeat("w", held_models=["held", "cold"])
+    assert store.eta_seconds(behind) == 20
+
+
+def test_running_eta_counts_the_load_and_moves_within_a_step(store: JobStore, db: Db) -> None:
+    run_to_success(store, store.submit(make_spec(model_id="m", steps=10)), sps=3.0)  # 3 s per step here
+    job = store.submit(make_spec(model_id="m", steps=10))
+    store.claim("w", held_models=[], lease_s=LEASE)  # the worker holds nothing: it loads first (default 10 s)
+    running = store.get(job.id, owner_key_id=None)
+    assert store.eta_seconds(running) == 30 + DEFAULT_LOAD_S
+    db.clock.advance(6)  # still loading: the expected total less the time it ran
+    assert store.eta_seconds(running) == 30 + DEFAULT_LOAD_S - 6
+    store.report_progress(job.id, "w", step=4, total=10)
+    assert store.eta_seconds(running) == 18
+    db.clock.advance(2)  # two thirds into step 5
+    assert store.eta_seconds(running) == 16
+    db.clock.advance(60)  # late: the current step counts as spent, the five after it are still to go
+    assert store.eta_seconds(running) == 15
 
 
 # --- worker registry

@@ -11,6 +11,7 @@ from sdserver.api.job_replies import failed_body, processing_body, success_body
 from sdserver.api.services import Services
 from sdserver.errors import RateLimitedError
 from sdserver.jobs import Job, JobSpec, JobStatus
+from sdserver.jobstore.eta import Estimate
 from sdserver.objects.base import make_object_key
 
 # A client over its cap is told to come back after roughly this long.
@@ -54,14 +55,15 @@ async def run_job(services: Services, spec: JobSpec, *, instant_response: bool) 
     return await render_job(services, job)
 
 
-async def render_job(services: Services, job: Job) -> dict[str, Any]:
-    """The body `fetch` (and a generation request) answers for a job in its current state."""
+async def render_job(services: Services, job: Job, estimate: Estimate | None = None) -> dict[str, Any]:
+    """The body `fetch` (and a generation request) answers for a job in its current state; `estimate` when
+    the caller read it with the job."""
     if job.status is JobStatus.SUCCEEDED:
         return await run_in_threadpool(success_body, job, services.objects.get)
     if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
         return failed_body(job)
-
-    estimate = await run_in_threadpool(services.jobs.estimate, job)
+    if estimate is None:
+        estimate = await run_in_threadpool(services.jobs.estimate, job)
     return processing_body(
         job, base_url=services.settings.external_base_url, eta_s=estimate.eta_s, position=estimate.position
     )

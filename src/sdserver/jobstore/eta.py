@@ -1,67 +1,124 @@
-"""ETA of a queued or running job, from the measured speed of recent jobs of the same model and size."""
+"""ETA of a queued or running job: measured cost per model (fixed part + seconds per megapixel-step), the
+model's load time when no live worker holds it, and progress that moves on within a long step (docs/eta.md)."""
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from sdserver.jobs import Job, JobStatus
-from sdserver.jobstore.tables import jobs, to_db_time, workers
+from sdserver.jobstore.tables import jobs, load_strings, stored_time, to_db_time, workers
 
-# Median of this many recent measurements: steady against one slow outlier, quick to follow a change.
+# Fit over this many recent runs of a model: steady against one slow outlier, quick to follow a change.
 _SAMPLES = 20
-# With no measurement at all for a model.
-DEFAULT_SECONDS_PER_STEP = 1.0
+_LOAD_SAMPLES = 5
+# With no measurement at all on this server: one second per 512×512 step, a ten-second model load.
+DEFAULT_SECONDS_PER_UNIT = 1.0
+DEFAULT_LOAD_S = 10.0
 # A worker that has not heartbeaten for this long no longer counts towards throughput.
 LIVE_WORKER_S = 60.0
+# One unit of work: one step at 512×512 (upscales and other step-less jobs: one pass over their pixels).
+_UNIT_PIXELS = 512 * 512
 
 
-class SpeedBook:
-    """Seconds per step by (model, width, height), looked up once per estimate."""
+def work_units(width: int, height: int, steps: int) -> float:
+    """The job's size in 512×512-steps: diffusion cost grows about linearly with pixels and with steps."""
+    pixels = width * height if width > 0 and height > 0 else _UNIT_PIXELS
+    return pixels / _UNIT_PIXELS * max(steps, 1)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Seconds of a run of one model: `fixed` per job (prompt encoding, decoding, PNG) + `per_unit` × work."""
+
+    fixed: float
+    per_unit: float
+
+    def seconds(self, units: float, jobs: int = 1) -> float:
+        return self.fixed * jobs + self.per_unit * units
+
+
+def fit_cost(samples: Iterable[tuple[float, float]]) -> Cost | None:
+    """Least-squares `fixed + per_unit × units` through (units, seconds) samples; None without samples.
+
+    With one size only, the line through the origin (its median slope); neither part is ever negative.
+    """
+    points = [(units, seconds) for units, seconds in samples if units > 0 and seconds >= 0]
+    if not points:
+        return None
+    slope_only = Cost(0.0, statistics.median(seconds / units for units, seconds in points))
+    if len({units for units, _ in points}) < 2:
+        return slope_only
+    mean_u = statistics.fmean(units for units, _ in points)
+    mean_s = statistics.fmean(seconds for _, seconds in points)
+    spread = sum((units - mean_u) ** 2 for units, _ in points)
+    per_unit = sum((units - mean_u) * (seconds - mean_s) for units, seconds in points) / spread
+    fixed = mean_s - per_unit * mean_u
+    if per_unit <= 0:
+        return Cost(mean_s, 0.0)
+    if fixed < 0:
+        return slope_only
+    return Cost(fixed, per_unit)
+
+
+class CostBook:
+    """Costs and load times by model, read once per estimate (one query per model asked about)."""
 
     def __init__(self, conn: Connection):
         self._conn = conn
-        self._known: dict[tuple[str, int, int], float] = {}
+        self._costs: dict[str, Cost] = {}
+        self._loads: dict[str, float] = {}
+        self._machine: Cost | None = None
+
+    def cost(self, model_id: str) -> Cost:
+        if model_id not in self._costs:
+            self._costs[model_id] = self._fit(jobs.c.model_id == model_id) or self.machine()
+        return self._costs[model_id]
+
+    def machine(self) -> Cost:
+        """Any model's recent runs: this machine's speed, for a model that never ran here."""
+        if self._machine is None:
+            self._machine = self._fit(sa.true()) or Cost(0.0, DEFAULT_SECONDS_PER_UNIT)
+        return self._machine
+
+    def load_seconds(self, model_id: str) -> float:
+        if model_id not in self._loads:
+            loaded = jobs.c.load_seconds.is_not(None)
+            recent = self._recent(jobs.c.load_seconds, loaded, jobs.c.model_id == model_id, limit=_LOAD_SAMPLES)
+            if not recent:
+                recent = self._recent(jobs.c.load_seconds, loaded, limit=_LOAD_SAMPLES)
+            self._loads[model_id] = statistics.median(recent) if recent else DEFAULT_LOAD_S
+        return self._loads[model_id]
 
     def job_seconds(self, model_id: str, width: int, height: int, steps: int) -> float:
-        # Jobs without steps (upscaling) still take one unit of work.
-        return max(steps, 1) * self.seconds_per_step(model_id, width, height)
+        """Seconds of work of one such job, without any model load."""
+        return self.cost(model_id).seconds(work_units(width, height, steps))
 
-    def seconds_per_step(self, model_id: str, width: int, height: int) -> float:
-        key = (model_id, width, height)
-        if key not in self._known:
-            self._known[key] = self._measure(model_id, width, height)
-        return self._known[key]
-
-    def _measure(self, model_id: str, width: int, height: int) -> float:
-        done = (
-            sa.select(jobs.c.seconds_per_step, jobs.c.width, jobs.c.height)
-            .where(
-                jobs.c.model_id == model_id,
-                jobs.c.status == JobStatus.SUCCEEDED.value,
-                jobs.c.seconds_per_step.is_not(None),
-            )
+    def _fit(self, which: sa.ColumnElement[bool]) -> Cost | None:
+        done = jobs.c.status == JobStatus.SUCCEEDED.value
+        query = (
+            sa.select(jobs.c.width, jobs.c.height, jobs.c.steps, jobs.c.run_seconds, jobs.c.seconds_per_step)
+            .where(which, done, sa.or_(jobs.c.run_seconds.is_not(None), jobs.c.seconds_per_step.is_not(None)))
             .order_by(jobs.c.finished_at.desc())
             .limit(_SAMPLES)
         )
-        same_size = self._conn.execute(done.where(jobs.c.width == width, jobs.c.height == height)).all()
-        if same_size:
-            return float(statistics.median(float(row.seconds_per_step) for row in same_size))
-        any_size = self._conn.execute(done).all()
-        if not any_size:
-            return DEFAULT_SECONDS_PER_STEP
-        pixels = width * height
-        # Diffusion cost grows about linearly with pixel count; a size of 0 (unknown) is not scaled.
-        scaled = [
-            row.seconds_per_step * (pixels / (row.width * row.height) if pixels and row.width * row.height else 1.0)
-            for row in any_size
-        ]
-        return float(statistics.median(scaled))
+        samples = []
+        for row in self._conn.execute(query):
+            # Rows from before run_seconds existed carry only seconds per step (load included): still a hint.
+            seconds = row.run_seconds if row.run_seconds is not None else row.seconds_per_step * max(row.steps, 1)
+            samples.append((work_units(row.width, row.height, row.steps), float(seconds)))
+        return fit_cost(samples)
+
+    def _recent(self, column: sa.ColumnElement[float], *where: sa.ColumnElement[bool], limit: int) -> list[float]:
+        query = sa.select(column).where(*where).order_by(jobs.c.finished_at.desc()).limit(limit)
+        return [float(value) for value in self._conn.execute(query).scalars()]
 
 
 @dataclass(frozen=True)
@@ -72,56 +129,116 @@ class Estimate:
     eta_s: int
 
 
+@dataclass(frozen=True)
+class _Workers:
+    live: int
+    held: frozenset[str]
+
+
 def estimate(conn: Connection, job: Job, *, now: datetime) -> Estimate:
     """Queue position and ETA of `job` in one pass; 0 s for a finished job, at least 1 s otherwise."""
     if job.status.is_terminal:
         return Estimate(None, 0)
-    speeds = SpeedBook(conn)
-    own = speeds.job_seconds(job.model_id, job.width, job.height, job.steps)
+    book = CostBook(conn)
     if job.status is JobStatus.RUNNING:
-        return Estimate(None, max(1, math.ceil(own * (1.0 - _progress(job.progress_step, job.progress_total)))))
-    ahead, ahead_s = _queued_ahead(conn, job, speeds)
-    backlog = ahead_s + _running_seconds(conn, speeds)
-    live = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(workers)
-        .where(workers.c.last_seen >= to_db_time(now - timedelta(seconds=LIVE_WORKER_S)))
-    ).scalar_one()
-    return Estimate(ahead + 1, max(1, math.ceil(backlog / max(1, int(live)) + own)))
+        return Estimate(None, _whole_seconds(_running_left(conn, book, job.id, now)))
+    fleet = _live_workers(conn, now)
+    running_s, running_models = _running(conn, book, now)
+    # A model a running job uses is loaded (or loading) on its worker already.
+    held = fleet.held | running_models
+    ahead, ahead_s, loading = _queued_ahead(conn, job, book, held)
+    backlog = ahead_s + running_s
+    own = book.job_seconds(job.model_id, job.width, job.height, job.steps)
+    if job.model_id not in held and job.model_id not in loading:
+        own += book.load_seconds(job.model_id)
+    return Estimate(ahead + 1, _whole_seconds(backlog / max(1, fleet.live) + own))
 
 
-def _queued_ahead(conn: Connection, job: Job, speeds: SpeedBook) -> tuple[int, float]:
-    """How many queued jobs are ahead of `job`, and the seconds they will take."""
-    created = to_db_time(job.created_at)
-    ahead = sa.or_(jobs.c.created_at < created, sa.and_(jobs.c.created_at == created, jobs.c.id < job.id))
-    # Grouped, so a long queue costs one row per model and size, not one per job.
-    groups = conn.execute(
-        sa.select(
-            jobs.c.model_id,
-            jobs.c.width,
-            jobs.c.height,
-            sa.func.count().label("jobs"),
-            sa.func.sum(sa.case((jobs.c.steps > 0, jobs.c.steps), else_=1)).label("steps"),
-        )
-        .where(jobs.c.status == JobStatus.QUEUED.value, ahead)
-        .group_by(jobs.c.model_id, jobs.c.width, jobs.c.height)
-    ).all()
-    count = sum(int(g.jobs) for g in groups)
-    return count, sum(speeds.job_seconds(g.model_id, g.width, g.height, int(g.steps)) for g in groups)
+def queue_seconds(conn: Connection, now: datetime, live_workers: int) -> int:
+    """Seconds until everything queued or running now is done, spread over `live_workers`."""
+    book = CostBook(conn)
+    running_s, running_models = _running(conn, book, now)
+    held = _live_workers(conn, now).held | running_models
+    queued = conn.execute(_queued_groups(jobs.c.status == JobStatus.QUEUED.value)).all()
+    total = _groups_seconds(book, queued, held)[0] + running_s
+    return math.ceil(total / max(1, live_workers))
 
 
-def _running_seconds(conn: Connection, speeds: SpeedBook) -> float:
-    running = conn.execute(
-        sa.select(
-            jobs.c.model_id, jobs.c.width, jobs.c.height, jobs.c.steps, jobs.c.progress_step, jobs.c.progress_total
-        ).where(jobs.c.status == JobStatus.RUNNING.value)
-    ).all()
-    return sum(
-        speeds.job_seconds(r.model_id, r.width, r.height, r.steps)
-        * (1.0 - _progress(r.progress_step, r.progress_total))
-        for r in running
+def _whole_seconds(seconds: float) -> int:
+    return max(1, math.ceil(seconds))
+
+
+def _live_workers(conn: Connection, now: datetime) -> _Workers:
+    since = to_db_time(now - timedelta(seconds=LIVE_WORKER_S))
+    held = conn.execute(sa.select(workers.c.held_models).where(workers.c.last_seen >= since)).scalars().all()
+    return _Workers(len(held), frozenset(model for text in held for model in load_strings(text)))
+
+
+def _queued_groups(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    # Grouped, so a long queue costs one row per model, size and step count, not one per job.
+    return (
+        sa.select(jobs.c.model_id, jobs.c.width, jobs.c.height, jobs.c.steps, sa.func.count().label("jobs"))
+        .where(*where)
+        .group_by(jobs.c.model_id, jobs.c.width, jobs.c.height, jobs.c.steps)
     )
 
 
-def _progress(step: int, total: int) -> float:
-    return min(1.0, max(0.0, step / total)) if total > 0 else 0.0
+def _groups_seconds(book: CostBook, groups: Iterable[sa.Row[Any]], held: frozenset[str]) -> tuple[float, set[str]]:
+    """Seconds of the grouped jobs plus one load for each model no live worker holds; and those models."""
+    seconds, loading = 0.0, set()
+    for group in groups:
+        model_id, width, height, steps, count = group.model_id, group.width, group.height, group.steps, group.jobs
+        seconds += book.cost(model_id).seconds(work_units(width, height, steps) * count, jobs=count)
+        if model_id not in held and model_id not in loading:
+            loading.add(model_id)
+            seconds += book.load_seconds(model_id)
+    return seconds, loading
+
+
+def _queued_ahead(conn: Connection, job: Job, book: CostBook, held: frozenset[str]) -> tuple[int, float, set[str]]:
+    """How many queued jobs are ahead of `job`, the seconds they take, and the models they load."""
+    created = to_db_time(job.created_at)
+    ahead = sa.or_(jobs.c.created_at < created, sa.and_(jobs.c.created_at == created, jobs.c.id < job.id))
+    groups = conn.execute(_queued_groups(jobs.c.status == JobStatus.QUEUED.value, ahead)).all()
+    seconds, loading = _groups_seconds(book, groups, held)
+    return sum(int(group.jobs) for group in groups), seconds, loading
+
+
+_RUNNING_COLUMNS = (
+    jobs.c.model_id,
+    jobs.c.width,
+    jobs.c.height,
+    jobs.c.steps,
+    jobs.c.progress_step,
+    jobs.c.progress_total,
+    jobs.c.progress_at,
+    jobs.c.started_at,
+    jobs.c.load_expected,
+)
+
+
+def _running(conn: Connection, book: CostBook, now: datetime) -> tuple[float, frozenset[str]]:
+    """Seconds the running jobs still need, and their models."""
+    rows = conn.execute(sa.select(*_RUNNING_COLUMNS).where(jobs.c.status == JobStatus.RUNNING.value)).all()
+    return sum((_left(book, row, now) for row in rows), 0.0), frozenset(str(row.model_id) for row in rows)
+
+
+def _running_left(conn: Connection, book: CostBook, job_id: int, now: datetime) -> float:
+    row = conn.execute(sa.select(*_RUNNING_COLUMNS).where(jobs.c.id == job_id)).first()
+    return 0.0 if row is None else _left(book, row, now)
+
+
+def _left(book: CostBook, row: Any, now: datetime) -> float:
+    """Seconds a running job still needs: before its first step, the expected total less the time it has run;
+    after, the steps left at the measured rate, less the part of the current step already spent."""
+    cost = book.cost(row.model_id)
+    work = cost.per_unit * work_units(row.width, row.height, row.steps)
+    steps = row.progress_total if row.progress_total > 0 else max(row.steps, 1)
+    if row.progress_step <= 0 or row.progress_at is None:
+        expected = cost.fixed + work + (book.load_seconds(row.model_id) if row.load_expected else 0.0)
+        ran = (now - stored_time(row.started_at)).total_seconds() if row.started_at is not None else 0.0
+        # Never 0 while it runs: a job late against its estimate has at least one more step to go.
+        return float(max(expected - ran, work / steps))
+    per_step = work / steps
+    in_step = min((now - stored_time(row.progress_at)).total_seconds(), per_step)
+    return float(max(0.0, (steps - min(row.progress_step, steps)) * per_step - max(0.0, in_step)) + cost.fixed)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,7 +11,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from sdserver.database import utcnow
 from sdserver.jobs import JobKind, JobStatus
-from sdserver.jobstore.eta import LIVE_WORKER_S, SpeedBook
+from sdserver.jobstore.eta import LIVE_WORKER_S, queue_seconds
 from sdserver.jobstore.tables import jobs, to_db_time
 from sdserver.jobstore.workers import WorkerInfo, workers_seen_since
 
@@ -65,7 +64,7 @@ def read_stats(engine: Engine, *, now: datetime | None = None) -> StoreStats:
             jobs_by_kind_status=counts,
             durations=_durations(conn),
             workers=live,
-            queue_seconds=_queue_seconds(conn, max(1, len(live))),
+            queue_seconds=queue_seconds(conn, moment, max(1, len(live))),
         )
 
 
@@ -90,19 +89,3 @@ def _durations(conn: Connection) -> list[DurationTotal]:
         DurationTotal(str(row.kind), str(row.model_id), int(row.n), max(0.0, float(row.total or 0.0)))
         for row in conn.execute(query)
     ]
-
-
-def _queue_seconds(conn: Connection, live_workers: int) -> int:
-    """Queued work plus what is left of running work, at the measured speed of each model and size."""
-    speeds = SpeedBook(conn)
-    active = conn.execute(
-        sa.select(jobs.c.model_id, jobs.c.width, jobs.c.height, jobs.c.steps, jobs.c.status, jobs.c.progress_step)
-        .where(jobs.c.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value)))
-        .limit(10_000)  # an estimate: a huge backlog need not be read to the last row
-    ).all()
-    total = 0.0
-    for row in active:
-        steps = max(int(row.steps), 1)
-        left = steps - min(int(row.progress_step), steps) if row.status == JobStatus.RUNNING.value else steps
-        total += speeds.job_seconds(row.model_id, row.width, row.height, steps) * left / steps
-    return math.ceil(total / live_workers)

@@ -134,6 +134,14 @@ class JobStore:
         with self._engine.connect() as conn:
             return estimate(conn, job, now=self._now())
 
+    def get_with_estimate(self, job_id: int, *, owner_key_id: int | None) -> tuple[Job, Estimate]:
+        """`get` and `estimate` in one connection: a fetch poll costs the API one thread hop, not two."""
+        with self._engine.connect() as conn:
+            job = job_from_row(_visible(_find_job(conn, job_id), owner_key_id))
+            if job.status.is_terminal:
+                return job, Estimate(None, 0)
+            return job, estimate(conn, job, now=self._now())
+
     def queue_position(self, job: Job) -> int | None:
         return self.estimate(job).position
 
@@ -203,6 +211,9 @@ class JobStore:
                 started_at=sa.func.coalesce(jobs.c.started_at, sa.literal(now, jobs.c.started_at.type)),
                 progress_step=0,
                 progress_total=0,
+                progress_at=None,
+                # The worker loads the model first: the ETA of these jobs includes that load.
+                load_expected=head_model not in set(held_models),
                 cancel_requested=False,
             )
             rows = conn.execute(
@@ -236,7 +247,7 @@ class JobStore:
         query = (
             sa.update(jobs)
             .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker_id == worker_id)
-            .values(progress_step=step, progress_total=total)
+            .values(progress_step=step, progress_total=total, progress_at=self._now())
             .returning(jobs.c.cancel_requested)
         )
         with self._write() as conn:
@@ -245,10 +256,21 @@ class JobStore:
             raise _lease_lost(job_id, worker_id)
         return bool(flag)
 
-    def complete(self, job_id: int, worker_id: str, *, result: dict[str, Any], seconds_per_step: float | None) -> Job:
+    def complete(
+        self,
+        job_id: int,
+        worker_id: str,
+        *,
+        result: dict[str, Any],
+        seconds_per_step: float | None,
+        run_seconds: float | None = None,
+        load_seconds: float | None = None,
+    ) -> Job:
+        """Success; the measured seconds (work, and the model load when there was one) feed later ETAs."""
+        timing = {"seconds_per_step": seconds_per_step, "run_seconds": run_seconds, "load_seconds": load_seconds}
         with self._write() as conn:
             row = _owned(conn, job_id, worker_id)
-            self._finish(conn, row, JobStatus.SUCCEEDED, result=dump_json(result), seconds_per_step=seconds_per_step)
+            self._finish(conn, row, JobStatus.SUCCEEDED, result=dump_json(result), **timing)
             return job_from_row(_select_job(conn, job_id))
 
     def fail(self, job_id: int, worker_id: str, *, code: JobErrorCode, message: str) -> Job:

@@ -50,6 +50,13 @@ jobs = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     # Measured by the worker; the ETA of later jobs of the same model is built from it.
     sa.Column("seconds_per_step", sa.Float, nullable=True),
+    # The run's seconds without its model load, and the load's seconds when it had to load (docs/eta.md).
+    sa.Column("run_seconds", sa.Float, nullable=True),
+    sa.Column("load_seconds", sa.Float, nullable=True),
+    # When progress_step last moved: the ETA moves on within a long step.
+    sa.Column("progress_at", sa.DateTime(timezone=True), nullable=True),
+    # Set at claim: the claiming worker did not hold the model, so the run starts with a load.
+    sa.Column("load_expected", sa.Boolean, nullable=True),
     # Claims scan queued jobs by age; the lease sweep scans running jobs by lease end.
     sa.Index("ix_jobs_status_created", "status", "created_at", "id"),
     sa.Index("ix_jobs_status_lease", "status", "lease_expires_at"),

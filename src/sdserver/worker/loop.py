@@ -25,6 +25,7 @@ from sdserver.errors import JobErrorCode, LeaseLostError, StorageError
 from sdserver.jobs import Job
 from sdserver.objects.base import ObjectStore
 from sdserver.objects.switching import SwitchingObjectStore
+from sdserver.worker.run_timing import RunTiming
 
 if TYPE_CHECKING:
     from sdserver.config import Settings
@@ -61,6 +62,8 @@ class _Run:
     # Completed, failed, cancelled or released by us: the heartbeat leaves it alone from then on.
     settled: bool = False
     started: float = field(default_factory=time.monotonic)
+    # Whether this run had to load its model, and when its steps came: the ETA model's measurements.
+    timing: RunTiming = field(default_factory=lambda: RunTiming(loaded_model=False))
 
     def describe(self) -> str:
         """What the job is, for the one log line per job event: kind, model, size, steps."""
@@ -214,9 +217,10 @@ class Worker:
             if not runs:
                 return True
         contexts = {run.job.id: _JobContext(self, run, runs) for run in runs}
+        started = time.monotonic()
         for run in runs:
             log.info("job %s started: %s", run.job.id, run.describe())
-        started = time.monotonic()
+            run.timing = RunTiming(loaded_model=run.job.model_id not in self._held, started=started)
         try:
             outputs = engine.run([run.job for run in runs], lambda job: contexts[job.id])
         except JobCancelled:
@@ -271,13 +275,19 @@ class Worker:
         if run.lease_lost():  # lost while writing: the new owner writes the same keys and completes
             log.warning("job %s: lease lost while storing outputs; result dropped", job.id)
             return
+        cost = run.timing.cost(elapsed_s)
         steps = run.total_steps or job.steps
-        per_step = elapsed_s / steps if steps > 0 else None
+        per_step = run.timing.step_seconds() or (cost.run_seconds / steps if steps > 0 and cost.run_seconds else None)
         self._settle(
             run,
             "complete",
             lambda job_id: self._jobs.complete(
-                job_id, self.worker_id, result=dict(output.meta), seconds_per_step=per_step
+                job_id,
+                self.worker_id,
+                result=dict(output.meta),
+                seconds_per_step=per_step,
+                run_seconds=cost.run_seconds,
+                load_seconds=cost.load_seconds,
             ),
         )
         if run.settled:
@@ -339,6 +349,7 @@ class Worker:
     def on_step(self, run: _Run, batch: Sequence[_Run], done: int, total: int) -> None:
         run.total_steps = total
         now = time.monotonic()
+        run.timing.on_step(done, now)
         if now - run.last_report >= PROGRESS_MIN_INTERVAL_S or done >= total:
             run.last_report = now
             try:

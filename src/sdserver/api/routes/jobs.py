@@ -54,14 +54,17 @@ def _owner_filter(caller: ApiKey) -> int | None:
 
 
 async def fetch_by_path(job_id: str, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
-    job = await run_in_threadpool(services.jobs.get, _job_id_from_path(job_id), owner_key_id=_owner_filter(caller))
-    return await render_job(services, job)
+    return await _fetch(services, caller, _job_id_from_path(job_id))
 
 
 async def fetch_by_body(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
-    job_id = _job_id_from_body(params.values)
-    job = await run_in_threadpool(services.jobs.get, job_id, owner_key_id=_owner_filter(caller))
-    return await render_job(services, job)
+    return await _fetch(services, caller, _job_id_from_body(params.values))
+
+
+async def _fetch(services: ServicesDep, caller: ApiKey, job_id: int) -> dict[str, Any]:
+    read = services.jobs.get_with_estimate
+    job, estimate = await run_in_threadpool(read, job_id, owner_key_id=_owner_filter(caller))
+    return await render_job(services, job, estimate)
 
 
 async def cancel_by_path(job_id: str, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
