@@ -120,3 +120,13 @@ def a1111_error(error: errors.SdError, status: int) -> JSONResponse:
         status = 422 if status == 400 else status
         detail = _detailed_message(error)
     return JSONResponse({"detail": detail, "error": error.code}, status_code=status, headers=headers)
+
+
+def rename_fields(error: errors.SdError, names: dict[str, str]) -> errors.SdError:
+    """The same error, its native field names replaced by the dialect's ones the client sent."""
+    if not any(field in names for field in error.field_errors):
+        return error
+    error.field_errors = {names.get(field, field): texts for field, texts in error.field_errors.items()}
+    if isinstance(error, errors.ValidationError | errors.ImageError):
+        error.message = "; ".join(f"{field}: {texts[0]}" for field, texts in error.field_errors.items() if texts)
+    return error

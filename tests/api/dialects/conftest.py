@@ -28,13 +28,14 @@ def working(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     settings = make_settings(
         data_dir,
         engines=["diffusers", "upscale"],
-        default_model_id=MODEL,
         worker_poll_s=0.05,
         dialect_wait_s=120.0,
         max_upscale_input_pixels=SIZE * SIZE,
     )
     with run_server(settings) as live:
         services = live.services
+        # The persisted default (as `models make-tiny` sets it), so an admin may switch it through A1111 options.
+        services.control.save_default_model(MODEL)
         with worker_thread(live, build_engines(services.settings, services.objects), "w1", join_s=30.0):
             yield live
 

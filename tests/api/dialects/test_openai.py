@@ -97,7 +97,7 @@ def test_edit_without_a_mask_and_a_variation_redraw_the_image(working: LiveServe
         ({"prompt": "x", "steps": "many"}, 400, "steps"),
         ({"size": "64x64"}, 400, "prompt"),
         ({"prompt": "x", "model": "no-such-model"}, 404, "model"),
-        ({"prompt": "x", "size": "64000x64"}, 400, "width"),
+        ({"prompt": "x", "size": "64000x64"}, 400, "size"),
     ],
 )
 def test_bad_input_gets_an_openai_error_never_a_500(

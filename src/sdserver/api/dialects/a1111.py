@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sdserver.api.aliases import IMG2IMG_PATHS, INPAINT_PATHS, SUPER_RESOLUTION_LIST_PATHS, TEXT2IMG_PATHS
 from sdserver.api.deps import ParamsDep, ServicesDep
+from sdserver.api.dialect_errors import rename_fields
 from sdserver.api.dialects.a1111_info import PARAMETERS_KEY, generation_info, parse_parameters, png_text
 from sdserver.api.dialects.a1111_schemas import (
     ExtraSingleImageReply,
@@ -41,13 +42,24 @@ from sdserver.auth import ApiKey
 from sdserver.catalog.ids import DEFAULT_UPSCALER, UPSCALER_MODELS
 from sdserver.catalog.registry import ModelKind, ModelState
 from sdserver.catalog.schedulers import A1111_ALIASES
-from sdserver.errors import ForbiddenError, ModelNotFoundError, ValidationError
+from sdserver.errors import ForbiddenError, ModelNotFoundError, SdError, ValidationError
 from sdserver.images import decode_base64_payload, inspect_image
-from sdserver.jobs import Job, JobKind, JobStatus
+from sdserver.jobs import Job, JobKind, JobSpec, JobStatus
 
 router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111 API"])
 CallerDep = Annotated[ApiKey, Depends(dialect_caller)]
 DEFAULT_UPSCALE = 2.0
+# Native field names in errors -> the A1111 names the client sent.
+NATIVE_NAMES = {
+    "init_image": "init_images",
+    "mask_image": "mask",
+    "scheduler": "sampler_name",
+    "num_inference_steps": "steps",
+    "guidance_scale": "cfg_scale",
+    "samples": "batch_size",
+    "strength": "denoising_strength",
+    "model_id": "override_settings.sd_model_checkpoint",
+}
 
 
 def _images_reply(request: Txt2ImgRequest, values: dict[str, Any], job: Job, images: list[bytes]) -> dict[str, Any]:
@@ -79,7 +91,7 @@ def _model_checked(services: Services, native: dict[str, Any]) -> dict[str, Any]
 async def txt2img(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
     request = validate_request(Txt2ImgRequest, params.values)
     native = _model_checked(services, native_fields(request))
-    spec, _ = await prepare_generation(JobKind.TEXT2IMG, NativeText2Img, TEXT2IMG_PATHS[0], services, caller, native)
+    spec = await _prepared(JobKind.TEXT2IMG, NativeText2Img, TEXT2IMG_PATHS[0], services, caller, native)
     job = await run_to_end(services, spec)
     images = await read_outputs(services, job)
     return await run_in_threadpool(_images_reply, request, params.values, job, images)
@@ -103,10 +115,20 @@ async def img2img(services: ServicesDep, caller: CallerDep, params: ParamsDep) -
             else request.mask
         )
         kind, schema, path = JobKind.INPAINT, NativeInpaint, INPAINT_PATHS[0]
-    spec, _ = await prepare_generation(kind, schema, path, services, caller, native)
+    spec = await _prepared(kind, schema, path, services, caller, native)
     job = await run_to_end(services, spec)
     images = await read_outputs(services, job)
     return await run_in_threadpool(_images_reply, request, params.values, job, images)
+
+
+async def _prepared(
+    kind: JobKind, schema: type[NativeText2Img], path: str, services: Services, caller: ApiKey, native: dict[str, Any]
+) -> JobSpec:
+    try:
+        spec, _ = await prepare_generation(kind, schema, path, services, caller, native)
+    except SdError as exc:
+        raise rename_fields(exc, NATIVE_NAMES) from None
+    return spec
 
 
 def _inverted(services: Services, mask: str) -> str:
@@ -133,18 +155,11 @@ async def extra_single_image(services: ServicesDep, caller: CallerDep, params: P
     }
     try:
         spec, _ = await prepare_super_resolution(SUPER_RESOLUTION_LIST_PATHS[0], services, caller, native)
-    except ValidationError as exc:
-        raise _renamed(exc, {"scale": "upscaling_resize", "init_image": "image"}) from None
+    except SdError as exc:
+        raise rename_fields(exc, {"scale": "upscaling_resize", "init_image": "image"}) from None
     job = await run_to_end(services, spec)
     images = await read_outputs(services, job)
     return {"html_info": "", "image": base64.b64encode(images[0]).decode() if images else ""}
-
-
-def _renamed(error: ValidationError, names: dict[str, str]) -> ValidationError:
-    """The error with native field names replaced by the A1111 ones the client sent."""
-    fields = {names.get(field, field): texts for field, texts in error.field_errors.items()}
-    message = "; ".join(f"{field}: {texts[0]}" for field, texts in fields.items() if texts) or error.message
-    return ValidationError(message, field_errors=fields)
 
 
 async def progress(request: Request, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
@@ -243,7 +258,10 @@ async def set_options(services: ServicesDep, caller: CallerDep, params: ParamsDe
     model_id = checkpoint_id(checkpoint)
     if not services.models.exists(model_id):
         raise ModelNotFoundError.for_id(model_id, field="sd_model_checkpoint")
-    if services.settings.default_model_id:
+    fixed = services.settings.default_model_id
+    if fixed == model_id:
+        return None
+    if fixed:
         raise ValidationError.for_field(
             "sd_model_checkpoint", "cannot change: SDSERVER_DEFAULT_MODEL_ID fixes the default model", model_id
         )

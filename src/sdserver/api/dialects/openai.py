@@ -14,6 +14,7 @@ from starlette.datastructures import UploadFile
 
 from sdserver.api.aliases import IMG2IMG_PATHS, INPAINT_PATHS, TEXT2IMG_PATHS
 from sdserver.api.deps import ParamsDep, ServicesDep
+from sdserver.api.dialect_errors import rename_fields
 from sdserver.api.dialects.keys import dialect_caller
 from sdserver.api.dialects.openai_masks import mask_from_openai, png_data_url, repaint_mask
 from sdserver.api.dialects.openai_schemas import (
@@ -28,7 +29,7 @@ from sdserver.api.routes.generation import prepare_generation
 from sdserver.api.schemas_generation import Img2ImgRequest, InpaintRequest, Text2ImgRequest
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
-from sdserver.errors import MissingFileError, ModelNotFoundError, ValidationError
+from sdserver.errors import MissingFileError, ModelNotFoundError, SdError, ValidationError
 from sdserver.images import DecodedImage, inspect_image
 from sdserver.jobs import Job, JobKind
 
@@ -36,6 +37,8 @@ router = APIRouter(tags=["OpenAI Images API"])
 CallerDep = Annotated[ApiKey, Depends(dialect_caller)]
 # A variation with no prompt (OpenAI's variations take none) is drawn with this one.
 VARIATION_PROMPT = "a variation of this image, high quality, detailed"
+# Native field names in errors -> the OpenAI names the client sent (size covers width and height).
+NATIVE_NAMES = {"init_image": "image", "mask_image": "mask", "samples": "n", "width": "size", "height": "size"}
 _REPLY: dict[int | str, dict[str, Any]] = {
     200: {"model": OpenAIImagesResponse, "description": "The images, as URLs or base64 PNG."}
 }
@@ -73,7 +76,10 @@ async def _answer(
     }
     schema, path = routes[kind]
     values["model_id"] = _model_id(services, request.model)
-    spec, resolved = await prepare_generation(kind, schema, path, services, caller, values)
+    try:
+        spec, resolved = await prepare_generation(kind, schema, path, services, caller, values)
+    except SdError as exc:
+        raise rename_fields(exc, NATIVE_NAMES) from None
     job = await run_to_end(services, spec)
     return await _reply(services, job, request, resolved.params.prompt, (resolved.width, resolved.height))
 
