@@ -22,6 +22,7 @@ from sdserver.api.dialects.openai_schemas import (
     OpenAIImagesResponse,
     is_openai_model_name,
     native_fields,
+    wants_base64,
 )
 from sdserver.api.dialects.sync_jobs import read_outputs, run_to_end
 from sdserver.api.fields import validate_request
@@ -29,9 +30,9 @@ from sdserver.api.routes.generation import prepare_generation
 from sdserver.api.schemas_generation import Img2ImgRequest, InpaintRequest, Text2ImgRequest
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
-from sdserver.errors import MissingFileError, ModelNotFoundError, SdError, ValidationError
+from sdserver.errors import JobErrorCode, JobFailedError, MissingFileError, ModelNotFoundError, SdError, ValidationError
 from sdserver.images import DecodedImage, inspect_image
-from sdserver.jobs import Job, JobKind
+from sdserver.jobs import Job, JobKind, JobStatus
 
 router = APIRouter(tags=["OpenAI Images API"])
 CallerDep = Annotated[ApiKey, Depends(dialect_caller)]
@@ -81,13 +82,15 @@ async def _answer(
     except SdError as exc:
         raise rename_fields(exc, NATIVE_NAMES) from None
     job = await run_to_end(services, spec)
+    if job.status is JobStatus.CANCELLED:
+        raise JobFailedError(f"job {job.id} was cancelled", job_code=JobErrorCode.CANCELLED)
     return await _reply(services, job, request, resolved.params.prompt, (resolved.width, resolved.height))
 
 
 async def _reply(
     services: Services, job: Job, request: OpenAIImageRequest, prompt: str, size: tuple[int, int]
 ) -> dict[str, Any]:
-    if request.response_format == "b64_json":
+    if wants_base64(request):
         data = [
             {"b64_json": base64.b64encode(image).decode(), "revised_prompt": prompt}
             for image in await read_outputs(services, job)

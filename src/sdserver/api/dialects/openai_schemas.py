@@ -53,7 +53,9 @@ class OpenAIImageRequest(LenientRequest):
     n: LenientInt = Field(default=None, description="Images to make, 1–4 (default 1).")
     size: OptionalText = Field(default=None, description="WIDTHxHEIGHT, or auto (the model's default size).")
     quality: OptionalText = Field(default=None, description="Accepted (auto, standard, hd, low, medium, high).")
-    response_format: OptionalText = Field(default=None, description="url (default) or b64_json.")
+    response_format: OptionalText = Field(
+        default=None, description="url or b64_json; default url (b64_json for gpt-image-* models)."
+    )
     style: OptionalText = Field(default=None, description="Accepted, no effect.")
     user: OptionalText = Field(default=None, description="Accepted, no effect.")
     guidance: OptionalText = Field(default=None, description="Alias of guidance_scale.")
@@ -99,6 +101,13 @@ def image_count(value: int | None) -> int:
 
 def is_openai_model_name(model: str) -> bool:
     return model.lower().startswith(OPENAI_MODEL_PREFIXES)
+
+
+def wants_base64(request: OpenAIImageRequest) -> bool:
+    """b64_json when asked for, and by default for gpt-image models (OpenAI answers those only in base64)."""
+    if request.response_format is not None:
+        return request.response_format == "b64_json"
+    return request.model is not None and request.model.lower().startswith("gpt-image")
 
 
 def native_fields(request: OpenAIImageRequest, values: dict[str, Any]) -> dict[str, Any]:
