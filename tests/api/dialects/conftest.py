@@ -46,12 +46,13 @@ def working_key(working: LiveServer) -> str:
 
 
 @pytest.fixture
-def queue_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """A live API with no worker: every job stays queued; a dialect request gives up after 1 s."""
+def queue_only(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A live API with no worker: every job stays queued; a dialect request gives up after 1 s (a `settings`
+    marker overrides)."""
     data_dir = tmp_path_factory.mktemp("queue")
     make_tiny_model(data_dir / "models", MODEL)
-    settings = make_settings(
-        data_dir, engines=["test"], default_model_id=MODEL, dialect_wait_s=1.0, max_active_jobs_per_key=2
-    )
+    marker = request.node.get_closest_marker("settings")
+    overrides = {"dialect_wait_s": 1.0, "max_active_jobs_per_key": 2, **(marker.kwargs if marker else {})}
+    settings = make_settings(data_dir, engines=["test"], default_model_id=MODEL, **overrides)
     with run_server(settings) as live:
         yield live

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -123,6 +125,20 @@ def test_progress_and_interrupt_touch_only_the_callers_jobs(queue_only: LiveServ
     assert progress["current_image"] is None
     assert owner.interrupt() == {"interrupted": [queued["id"]]}
     assert owner.get_progress()["state"]["job_count"] == 0
+
+
+@pytest.mark.settings(dialect_wait_s=30.0)
+def test_an_interrupted_request_answers_with_no_images(queue_only: LiveServer) -> None:
+    key = queue_only.new_key(Role.USER)
+    api = client_for(queue_only, key)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(api.txt2img, prompt="a house", **FAST)
+        deadline = time.monotonic() + 10
+        while api.get_progress()["state"]["job_count"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (job_id,) = api.interrupt()["interrupted"]
+        result = pending.result(timeout=10)
+    assert result.images == [] and result.info["interrupted"] is True and result.info["job_id"] == job_id
 
 
 def test_a_timeout_is_an_a1111_error(queue_only: LiveServer, http: httpx.Client) -> None:

@@ -143,3 +143,7 @@ def test_a_timeout_and_the_per_key_cap_get_openai_errors(queue_only: LiveServer)
     with pytest.raises(openai.RateLimitError) as capped:
         client.images.generate(prompt="a house", size="64x64")
     assert capped.value.status_code == 429 and capped.value.code == "rate_limited"
+
+
+def test_the_model_list_names_our_models(working: LiveServer, working_key: str) -> None:
+    assert MODEL in [model.id for model in client_for(working, working_key).models.list()]

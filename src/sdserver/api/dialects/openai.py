@@ -30,6 +30,7 @@ from sdserver.api.routes.generation import prepare_generation
 from sdserver.api.schemas_generation import Img2ImgRequest, InpaintRequest, Text2ImgRequest
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
+from sdserver.catalog.registry import ModelKind, ModelState
 from sdserver.errors import JobErrorCode, JobFailedError, MissingFileError, ModelNotFoundError, SdError, ValidationError
 from sdserver.images import DecodedImage, inspect_image
 from sdserver.jobs import Job, JobKind, JobStatus
@@ -153,6 +154,25 @@ def _with_image_size(values: dict[str, Any], image: DecodedImage) -> dict[str, A
     return values | {"width": image.width, "height": image.height}
 
 
+async def list_models(services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
+    """OpenAI's model list: the generation models ready here (their ids are what `model` takes)."""
+    entries = await run_in_threadpool(services.models.all_models)
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": entry.model_id,
+                "object": "model",
+                "created": int(entry.loaded_at.timestamp()) if entry.loaded_at else 0,
+                "owned_by": "sdserver",
+            }
+            for entry in entries
+            if entry.kind is ModelKind.CHECKPOINT and entry.state is ModelState.READY
+        ],
+    }
+
+
+router.add_api_route("/v1/models", list_models, methods=["GET"], summary="OpenAI: the models this server runs")
 for _path, _endpoint, _summary in (
     ("/v1/images/generations", generations, "OpenAI: create images from a prompt"),
     ("/v1/images/edits", edits, "OpenAI: edit an image (transparent mask pixels are repainted)"),
