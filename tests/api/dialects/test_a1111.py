@@ -106,6 +106,10 @@ def test_a_missing_or_wrong_key_gets_401(working: LiveServer, http: httpx.Client
         reply = http.get(working.url("/sdapi/v1/sd-models"), auth=auth)
         assert reply.status_code == 401 and reply.headers["WWW-Authenticate"] == "Basic"
         assert isinstance(reply.json()["detail"], str)
+    # The same key as a Bearer token, or as the Basic user name with no password, works too.
+    key = working.new_key(Role.USER)
+    assert http.get(working.url("/sdapi/v1/samplers"), headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert http.get(working.url("/sdapi/v1/samplers"), auth=(key, "")).status_code == 200
     with pytest.raises(RuntimeError) as refused:
         client_for(working, "sd_wrong-key-0123456789").txt2img(prompt="x", **FAST)
     assert refused.value.args[0] == 401
