@@ -66,8 +66,9 @@ def _images_reply(request: Txt2ImgRequest, values: dict[str, Any], job: Job, ima
     meta = job_meta(job)
     infotexts = [png_text(image).get(PARAMETERS_KEY, "") for image in images]
     sampler = request.sampler_name or request.sampler_index or _a1111_sampler(job.scheduler)
-    # A1111 echoes the request with its defaults, without the (large) input images.
+    # A1111 echoes the request with its defaults, without the (large) input images; never a key.
     parameters = request.model_dump() | values | {"init_images": None, "mask": None}
+    parameters.pop("key", None)
     info = generation_info(job, meta, infotexts, sampler)
     return {
         "images": [base64.b64encode(image).decode() for image in images],
