@@ -130,9 +130,7 @@ class JobStore:
     def active_jobs(self, owner_key_id: int) -> list[Job]:
         """The key's queued and running jobs, oldest first."""
         query = (
-            sa.select(jobs)
-            .where(jobs.c.owner_key_id == owner_key_id, jobs.c.status.in_(_ACTIVE))
-            .order_by(jobs.c.id)
+            sa.select(jobs).where(jobs.c.owner_key_id == owner_key_id, jobs.c.status.in_(_ACTIVE)).order_by(jobs.c.id)
         )
         with self._engine.connect() as conn:
             return [job_from_row(row) for row in conn.execute(query).all()]
