@@ -165,3 +165,14 @@ def test_a_dialect_job_is_a_job_like_any_other(working: LiveServer, working_key:
     assert 'sdserver_jobs{kind="text2img",status="succeeded"}' in metrics
     assert base64.b64decode(result.json["images"][0])[:4] == b"\x89PNG"
     assert Image.open(io.BytesIO(base64.b64decode(result.json["images"][0]))).size == (SIZE, SIZE)
+
+
+def test_lora_tags_in_the_prompt_name_loras(working: LiveServer, working_key: str, http: httpx.Client) -> None:
+    reply = http.post(
+        working.url("/sdapi/v1/txt2img"),
+        json={"prompt": "a house <lora:no-such-lora:0.7>", **FAST},
+        auth=("me", working_key),
+    )
+    (detail,) = reply.json()["detail"]
+    assert reply.status_code == 422 and detail["loc"] == ["body", "prompt"] and "no-such-lora" in detail["msg"]
+    assert client_for(working, working_key).get_loras() == []

@@ -7,6 +7,7 @@ import io
 from PIL import Image
 
 from sdserver.api.dialects.a1111_info import parse_parameters, png_text
+from sdserver.api.dialects.a1111_schemas import lora_tags
 from sdserver.engines.diffusion.finishing import encode_png_with_parameters
 
 
@@ -32,3 +33,8 @@ def test_png_text_reads_the_chunk_our_images_carry() -> None:
     jpeg = io.BytesIO()
     Image.new("RGB", (4, 4)).save(jpeg, "JPEG")
     assert png_text(jpeg.getvalue()) == {}
+
+
+def test_lora_tags_leave_the_prompt_and_become_loras() -> None:
+    assert lora_tags("a cat <lora:ink:0.6>, <LORA:film> at dusk") == ("a cat , at dusk", ["ink", "film"], ["0.6", "1"])
+    assert lora_tags("no tags") == ("no tags", [], [])

@@ -59,6 +59,8 @@ NATIVE_NAMES = {
     "samples": "batch_size",
     "strength": "denoising_strength",
     "model_id": "override_settings.sd_model_checkpoint",
+    "lora_model": "prompt",
+    "lora_strength": "prompt",
 }
 
 
@@ -199,18 +201,10 @@ async def interrupt(services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
 
 
 async def sd_models(services: ServicesDep, caller: CallerDep) -> list[dict[str, Any]]:
-    entries = await run_in_threadpool(services.models.all_models)
+    ids = await run_in_threadpool(_ready_ids, services, ModelKind.CHECKPOINT)
     return [
-        {
-            "title": entry.model_id,
-            "model_name": entry.model_id,
-            "hash": None,
-            "sha256": None,
-            "filename": entry.model_id,
-            "config": None,
-        }
-        for entry in entries
-        if entry.kind is ModelKind.CHECKPOINT and entry.state is ModelState.READY
+        {"title": model, "model_name": model, "hash": None, "sha256": None, "filename": model, "config": None}
+        for model in ids
     ]
 
 
@@ -227,6 +221,34 @@ async def upscalers(services: ServicesDep, caller: CallerDep) -> list[dict[str, 
         for model_id in UPSCALER_MODELS
         if services.models.upscaler_exists(model_id)
     ]
+
+
+def _ready_ids(services: Services, kind: ModelKind) -> list[str]:
+    return [
+        entry.model_id
+        for entry in services.models.all_models()
+        if entry.kind is kind and entry.state is ModelState.READY
+    ]
+
+
+async def loras(services: ServicesDep, caller: CallerDep) -> list[dict[str, Any]]:
+    """The LoRAs loaded here; a prompt uses one as `<lora:id:weight>`."""
+    ids = await run_in_threadpool(_ready_ids, services, ModelKind.LORA)
+    return [{"name": lora, "alias": lora, "path": lora, "metadata": {}} for lora in ids]
+
+
+async def sd_vae(services: ServicesDep, caller: CallerDep) -> list[dict[str, Any]]:
+    ids = await run_in_threadpool(_ready_ids, services, ModelKind.VAE)
+    return [{"model_name": vae, "filename": vae} for vae in ids]
+
+
+async def embeddings(services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
+    ids = await run_in_threadpool(_ready_ids, services, ModelKind.EMBEDDINGS)
+    loaded = {
+        name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None, "vectors": None}
+        for name in ids
+    }
+    return {"loaded": loaded, "skipped": {}}
 
 
 def _default_model(services: Services) -> str | None:
@@ -322,4 +344,7 @@ router.add_api_route(
     summary="A1111: read PNG parameters",
     responses=_reply(PngInfoReply),
 )
+router.add_api_route("/loras", loras, methods=["GET"], summary="A1111: LoRAs (use as <lora:id:weight>)")
+router.add_api_route("/sd-vae", sd_vae, methods=["GET"], summary="A1111: VAEs")
+router.add_api_route("/embeddings", embeddings, methods=["GET"], summary="A1111: textual-inversion embeddings")
 router.add_api_route("/scripts", scripts, methods=["GET"], summary="A1111: scripts (none)")

@@ -17,6 +17,8 @@ MAX_IMAGES = 4
 KARRAS = "karras"
 # `name [hash]`, as A1111 titles checkpoints; the hash is dropped.
 _TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]*\]\s*$")
+# A1111's LoRA syntax in the prompt: `<lora:name>` or `<lora:name:weight>`.
+_LORA_TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?>", re.IGNORECASE)
 _CHECKPOINT: Final = "sd_model_checkpoint"
 _CLIP_SKIP: Final = "CLIP_stop_at_last_layers"
 
@@ -121,12 +123,23 @@ def sampler_for(sampler: str | None, scheduler: str | None) -> dict[str, Any]:
     return fields
 
 
+def lora_tags(prompt: str) -> tuple[str, list[str], list[str]]:
+    """The prompt without its `<lora:name:weight>` tags, and the LoRA ids and weights they named (default 1)."""
+    names = [match.group(1).strip() for match in _LORA_TAG.finditer(prompt)]
+    weights = [(match.group(2) or "1").strip() or "1" for match in _LORA_TAG.finditer(prompt)]
+    cleaned = " ".join(_LORA_TAG.sub(" ", prompt).split())
+    return cleaned, names, weights
+
+
 def native_fields(request: Txt2ImgRequest) -> dict[str, Any]:
     """The native generation fields of an A1111 txt2img or img2img request (images excluded)."""
     if request.prompt is None:
         raise ValidationError.for_field("prompt", "is required", None)
+    prompt, loras, weights = lora_tags(request.prompt)
     native: dict[str, Any] = {
-        "prompt": request.prompt,
+        "prompt": prompt or request.prompt,
+        "lora_model": loras or None,
+        "lora_strength": weights or None,
         "negative_prompt": request.negative_prompt,
         "width": request.width,
         "height": request.height,
