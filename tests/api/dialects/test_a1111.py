@@ -42,12 +42,24 @@ def test_img2img_with_a_mask_and_karras_scheduler(working: LiveServer, working_k
     start = Image.new("RGB", (SIZE, SIZE), (30, 200, 30))
     mask = Image.new("L", (SIZE, SIZE), 0)
     mask.paste(255, (16, 16, 48, 48))
-    redrawn = api.img2img(images=[start], prompt="a tree", denoising_strength=0.5, **FAST)
+    redrawn = api.img2img(
+        images=[start],
+        prompt="a tree",
+        denoising_strength=0.5,
+        override_settings={"sd_model_checkpoint": f"{MODEL}.safetensors"},
+        **FAST,
+    )
     inpainted = api.img2img(
         images=[start], mask_image=mask, prompt="a door", sampler_name="DPM++ 2M", scheduler="Karras", **FAST
     )
     assert redrawn.images[0].size == inpainted.images[0].size == (SIZE, SIZE)
+    assert redrawn.info["sd_model_name"] == MODEL
     assert inpainted.info["denoising_strength"] is not None
+
+
+def test_send_images_false_answers_without_images(working: LiveServer, working_key: str) -> None:
+    result = client_for(working, working_key).txt2img(prompt="a hat", send_images=False, **FAST)
+    assert result.images == [] and result.info["infotexts"]
 
 
 def test_extra_single_image_upscales(working: LiveServer, working_key: str) -> None:

@@ -49,6 +49,7 @@ from sdserver.jobs import Job, JobKind, JobSpec, JobStatus
 router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111 API"])
 CallerDep = Annotated[ApiKey, Depends(dialect_caller)]
 DEFAULT_UPSCALE = 2.0
+CHECKPOINT_EXTENSIONS = frozenset({"safetensors", "ckpt", "pt", "bin"})
 # Native field names in errors -> the A1111 names the client sent.
 NATIVE_NAMES = {
     "init_image": "init_images",
@@ -73,7 +74,7 @@ def _images_reply(request: Txt2ImgRequest, values: dict[str, Any], job: Job, ima
     parameters.pop("key", None)
     info = generation_info(job, meta, infotexts, sampler)
     return {
-        "images": [base64.b64encode(image).decode() for image in images],
+        "images": [base64.b64encode(image).decode() for image in images] if request.send_images is not False else [],
         "parameters": parameters,
         "info": json.dumps(info),
     }
@@ -85,10 +86,14 @@ def _a1111_sampler(scheduler_class: str) -> str:
 
 
 def _model_checked(services: Services, native: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint an A1111 client names, as a model id here: a file name's extension is dropped if needed."""
     model = native.get("model_id")
-    if model is not None and not services.models.exists(model):
-        raise ModelNotFoundError.for_id(model, field="override_settings.sd_model_checkpoint")
-    return native
+    if model is None or services.models.exists(model):
+        return native
+    stem, dot, extension = model.rpartition(".")
+    if dot and extension.lower() in CHECKPOINT_EXTENSIONS and services.models.exists(stem):
+        return native | {"model_id": stem}
+    raise ModelNotFoundError.for_id(model, field="override_settings.sd_model_checkpoint")
 
 
 async def txt2img(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:

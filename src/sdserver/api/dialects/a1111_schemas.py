@@ -8,7 +8,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, Field
 
-from sdserver.api.fields import LenientFloat, LenientInt, OptionalText
+from sdserver.api.fields import Flag, LenientFloat, LenientInt, OptionalText
 from sdserver.api.schemas import LenientRequest
 from sdserver.catalog.schedulers import A1111_ALIASES
 from sdserver.errors import ValidationError
@@ -36,6 +36,7 @@ class Txt2ImgRequest(LenientRequest):
     scheduler: OptionalText = Field(default=None, description="automatic, or Karras (Karras sigmas).")
     batch_size: LenientInt = Field(default=None, description="Images per batch; batch_size × n_iter ≤ 4.")
     n_iter: LenientInt = Field(default=None, description="Batches; batch_size × n_iter ≤ 4.")
+    send_images: Flag = Field(default=None, description="false: the reply carries no images (default true).")
     override_settings: dict[str, Any] | None = Field(
         default=None, description="sd_model_checkpoint (a model id) and CLIP_stop_at_last_layers apply."
     )
