@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=3, ge=1, le=20)
     # How long a generation request waits for its job before answering `processing`.
     sync_wait_s: float = Field(default=5.0, ge=0.0, le=300.0)
+    # The OpenAI and A1111 dialects are synchronous: how long one of their requests waits for its job at most.
+    dialect_wait_s: float = Field(default=300.0, gt=0.0, le=3600.0)
     # Fair use: queued + running jobs one key may have at once.
     max_active_jobs_per_key: int = Field(default=100, ge=1)
     # Local worker subprocesses `serve` starts (0: API only).

@@ -154,6 +154,24 @@ class StoreUnavailableError(SdError):
     default_message = "The job database is unavailable (it may be restarting); try again shortly"
 
 
+class JobTimeoutError(SdError):
+    """A synchronous dialect request (OpenAI, A1111) waited its whole ceiling; its job was cancelled."""
+
+    code = "job_timeout"
+    default_message = "The job did not finish in time and was cancelled (SDSERVER_DIALECT_WAIT_S)"
+
+
+class JobFailedError(SdError):
+    """A synchronous dialect request's job failed; `job_code` is its JobErrorCode."""
+
+    code = "job_failed"
+    default_message = "The job failed"
+
+    def __init__(self, message: str | None = None, *, job_code: str = "failed"):
+        self.job_code = job_code
+        super().__init__(message)
+
+
 class LeaseLostError(SdError):
     """A worker acted on a job it no longer owns (its lease expired and the job was claimed again)."""
 

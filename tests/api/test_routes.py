@@ -9,6 +9,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 from sdserver.api.app import ROUTERS
+from sdserver.api.dialect_errors import A1111_PREFIX, OPENAI_PREFIXES
 from tests.support.live_server import LiveServer
 
 PUBLIC_PREFIXES = ("/healthz", "/files/", "/docs", "/redoc", "/openapi.json")
@@ -33,7 +34,11 @@ def test_every_route_but_health_docs_and_files_needs_a_key(local_server: LiveSer
         assert reply.status_code in (200, 401), (method, path, reply.status_code)
         body = reply.json()
         expected = {"error": "Unauthorized"} if path.startswith("/v1/") else None
-        if expected is not None:
+        if path.startswith(OPENAI_PREFIXES):
+            assert reply.status_code == 401 and body["error"]["code"] == "invalid_api_key", (method, path, body)
+        elif path.startswith(A1111_PREFIX):
+            assert reply.status_code == 401 and body["detail"] == "Incorrect username or password", (method, path)
+        elif expected is not None:
             assert body == expected, (method, path, body)
         else:
             assert body["message"] == "Invalid Api Key", (method, path, body)

@@ -169,6 +169,17 @@ def test_count_active_counts_queued_and_running_of_that_key(store: JobStore) -> 
     assert (store.count_active(1), store.count_active(2), store.count_active(3)) == (1, 1, 0)
 
 
+def test_active_jobs_lists_only_that_keys_queued_and_running_jobs_oldest_first(store: JobStore) -> None:
+    first, second = store.submit(make_spec(owner_key_id=1)), store.submit(make_spec(owner_key_id=1))
+    store.submit(make_spec(owner_key_id=2))
+    done = store.submit(make_spec(owner_key_id=1))
+    store.cancel(done.id, owner_key_id=1)
+    store.claim("w1", lease_s=LEASE)
+    listed = store.active_jobs(1)
+    assert [job.id for job in listed] == [first.id, second.id]
+    assert listed[0].status is JobStatus.RUNNING and store.active_jobs(3) == []
+
+
 # --- racing claims
 
 

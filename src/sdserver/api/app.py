@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sdserver import __version__
 from sdserver.api.body_limit import BodyLimitMiddleware
+from sdserver.api.dialects import a1111, openai
 from sdserver.api.docs_pages import install_docs_pages
 from sdserver.api.job_replies import webhook_body
 from sdserver.api.metrics import Metrics, RequestMetricsMiddleware
@@ -45,7 +46,21 @@ _PURGE_INTERVAL_S = 600.0
 # Every API router the app serves, in matching order (the public pages are added on their own).
 ROUTERS = tuple(
     module.router
-    for module in (health, files, uploads, stablecog, generation, controlnet, upscale, nsfw, models, server, jobs)
+    for module in (
+        health,
+        files,
+        uploads,
+        stablecog,
+        generation,
+        controlnet,
+        upscale,
+        nsfw,
+        models,
+        server,
+        jobs,
+        openai,
+        a1111,
+    )
 )
 
 

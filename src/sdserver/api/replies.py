@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from sdserver import errors
+from sdserver.api.dialect_errors import dialect_error, dialect_of
 from sdserver.config import Settings
 from sdserver.database import DATABASE_OUTAGES
 
@@ -46,6 +47,8 @@ _TABLE: dict[str, ErrorReply] = {
     errors.RateLimitedError.code: ErrorReply(429, "rate_limited"),
     errors.StorageError.code: ErrorReply(503, "storage_unavailable"),
     errors.StoreUnavailableError.code: ErrorReply(503, "store_unavailable"),
+    errors.JobTimeoutError.code: ErrorReply(504, "timeout"),
+    errors.JobFailedError.code: ErrorReply(500, "job_failed"),
     errors.SdError.code: ErrorReply(500, "internal_error"),
 }
 
@@ -60,7 +63,7 @@ def error_reply_for(code: str) -> ErrorReply:
 
 
 def is_stablecog_path(path: str) -> bool:
-    return path.startswith(STABLECOG_PREFIX)
+    return path.startswith(STABLECOG_PREFIX) and dialect_of(path) is None
 
 
 def modelslab_error(error: errors.SdError, settings: Settings) -> JSONResponse:
@@ -92,6 +95,9 @@ def stablecog_error(error: errors.SdError) -> JSONResponse:
 
 
 def error_response(path: str, error: errors.SdError, settings: Settings) -> JSONResponse:
+    dialect = dialect_error(path, error, error_reply_for(error.code).http_status)
+    if dialect is not None:
+        return dialect
     return stablecog_error(error) if is_stablecog_path(path) else modelslab_error(error, settings)
 
 

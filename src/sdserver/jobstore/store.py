@@ -127,6 +127,14 @@ class JobStore:
         with self._engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def active_jobs(self, owner_key_id: int) -> list[Job]:
+        """The key's queued and running jobs, oldest first."""
+        query = (
+            sa.select(jobs).where(jobs.c.owner_key_id == owner_key_id, jobs.c.status.in_(_ACTIVE)).order_by(jobs.c.id)
+        )
+        with self._engine.connect() as conn:
+            return [job_from_row(row) for row in conn.execute(query).all()]
+
     def estimate(self, job: Job) -> Estimate:
         """Queue position and ETA of `job`, read in one connection."""
         if job.status.is_terminal:

@@ -86,9 +86,11 @@ def _reply(resolved: ResolvedGeneration, body: Text2ImgRequest, path: str, keys:
     return JobReply(fetch_prefix=family_prefix(path), meta=meta, base64=resolved.base64)
 
 
-async def _generate(
-    kind: JobKind, schema: type[Text2ImgRequest], request: Request, services: Services, caller: ApiKey, values: Any
-) -> dict[str, Any]:
+async def prepare_generation(
+    kind: JobKind, schema: type[Text2ImgRequest], path: str, services: Services, caller: ApiKey, values: Any
+) -> tuple[JobSpec, ResolvedGeneration]:
+    """Validate a generation request, store its input images and build its job, as if it came in on `path`
+    (the other API dialects submit through here too)."""
     body = validate_request(schema, values)
     model_id = model_id_for(services, body.model_id)
     family = await run_in_threadpool(require_runnable, services.models, model_id, kind)
@@ -97,9 +99,16 @@ async def _generate(
     )
     await run_in_threadpool(check_addons_exist, services, resolved, family)
     keys, links = allocate_outputs(services, resolved.params.samples, temp=resolved.temp)
-    reply = _reply(resolved, body, request.url.path, keys)
+    reply = _reply(resolved, body, path, keys)
     params = await _with_input_images(services, resolved.params, body, caller)
-    return await submit_generation(services, caller, kind, resolved, (params, reply), (keys, links))
+    return generation_spec(services, caller, kind, resolved, (params, reply), (keys, links)), resolved
+
+
+async def _generate(
+    kind: JobKind, schema: type[Text2ImgRequest], request: Request, services: Services, caller: ApiKey, values: Any
+) -> dict[str, Any]:
+    spec, resolved = await prepare_generation(kind, schema, request.url.path, services, caller, values)
+    return await run_job(services, spec, instant_response=resolved.instant_response)
 
 
 async def submit_generation(
@@ -112,8 +121,21 @@ async def submit_generation(
 ) -> dict[str, Any]:
     """Queue a generation job (any kind, ControlNet too) with its params, reply echo and allocated outputs, and
     answer as the spine does."""
+    spec = generation_spec(services, caller, kind, resolved, job, outputs)
+    return await run_job(services, spec, instant_response=resolved.instant_response)
+
+
+def generation_spec(
+    services: Services,
+    caller: ApiKey,
+    kind: JobKind,
+    resolved: ResolvedGeneration,
+    job: tuple[JobParams, JobReply],
+    outputs: tuple[tuple[str, ...], tuple[str, ...]],
+) -> JobSpec:
+    """The job of a validated generation request: its params, reply echo and allocated outputs."""
     (params, reply), (keys, links) = job, outputs
-    spec = JobSpec(
+    return JobSpec(
         owner_key_id=caller.id,
         kind=kind,
         model_id=resolved.model_id,
@@ -129,7 +151,6 @@ async def submit_generation(
         max_attempts=services.settings.job_max_attempts,
         reply=reply,
     )
-    return await run_job(services, spec, instant_response=resolved.instant_response)
 
 
 async def text2img(request: Request, services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:

@@ -16,7 +16,9 @@ from sdserver.api.client_images import store_client_image
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import allocate_outputs, run_job
-from sdserver.api.schemas_upscale import SuperResolutionRequest, resolve_super_resolution
+from sdserver.api.schemas_upscale import ResolvedSuperResolution, SuperResolutionRequest, resolve_super_resolution
+from sdserver.api.services import Services
+from sdserver.auth import ApiKey
 from sdserver.errors import ModelNotFoundError
 from sdserver.job_params import JobReply, SuperResolutionParams
 from sdserver.jobs import JobKind, JobSpec
@@ -27,7 +29,16 @@ router = APIRouter(tags=["super resolution"])
 async def super_resolution(
     request: Request, services: ServicesDep, caller: CallerDep, params: ParamsDep
 ) -> dict[str, Any]:
-    resolved = resolve_super_resolution(validate_request(SuperResolutionRequest, params.values))
+    spec, resolved = await prepare_super_resolution(request.url.path, services, caller, params.values)
+    return await run_job(services, spec, instant_response=resolved.instant_response)
+
+
+async def prepare_super_resolution(
+    path: str, services: Services, caller: ApiKey, values: dict[str, Any]
+) -> tuple[JobSpec, ResolvedSuperResolution]:
+    """Validate an upscale request, store its image and build its job, as if it came in on `path` (the other API
+    dialects submit through here too)."""
+    resolved = resolve_super_resolution(validate_request(SuperResolutionRequest, values))
     if not services.models.upscaler_exists(resolved.model_id):
         raise ModelNotFoundError.for_id(resolved.model_id)
     saved, image = await store_client_image(
@@ -40,7 +51,6 @@ async def super_resolution(
         max_pixels=services.settings.max_upscale_input_pixels,
     )
     keys, links = allocate_outputs(services, 1, temp=resolved.temp)
-    path = request.url.path
     meta = {
         "model_id": resolved.model_id,
         "scale": resolved.scale,
@@ -68,7 +78,7 @@ async def super_resolution(
             single_output=path in SUPER_RESOLUTION_STRING_PATHS,
         ),
     )
-    return await run_job(services, spec, instant_response=resolved.instant_response)
+    return spec, resolved
 
 
 add_alias_routes(
