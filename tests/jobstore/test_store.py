@@ -286,6 +286,11 @@ def test_sqlite_claim_takes_the_write_lock_before_reading(tmp_path: Path) -> Non
 
 
 def test_postgres_claim_skips_rows_locked_by_another_transaction(postgres_url: str) -> None:
+    clean = create_db_engine(postgres_url)
+    with clean.begin() as conn:  # jobs other tests left queued would be claimed first
+        for table in (job_webhooks, jobs, workers):
+            conn.execute(sa.delete(table))
+    clean.dispose()
     db = Db(postgres_url, "postgresql", FakeClock())
     try:
         store = db.store()
