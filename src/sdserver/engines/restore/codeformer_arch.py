@@ -152,7 +152,8 @@ class TransformerLayer(nn.Module):
         normed = self.norm1(x)
         query = normed + pos
         x = x + self.self_attn(query, query, normed, need_weights=False)[0]
-        return x + self.linear2(F.gelu(self.linear1(self.norm2(x))))
+        out: Tensor = x + self.linear2(F.gelu(self.linear1(self.norm2(x))))
+        return out
 
 
 class FuseBlock(nn.Module):
@@ -167,7 +168,8 @@ class FuseBlock(nn.Module):
 
     def forward(self, enc: Tensor, dec: Tensor, fidelity: float) -> Tensor:
         feat = self.encode_enc(torch.cat([enc, dec], dim=1))
-        return dec + fidelity * (dec * self.scale(feat) + self.shift(feat))
+        out: Tensor = dec + fidelity * (dec * self.scale(feat) + self.shift(feat))
+        return out
 
 
 def _branch(channels: int) -> nn.Sequential:

@@ -76,7 +76,7 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
     def forward(self, x: Tensor, style: Tensor, skip: Tensor | None = None) -> Tensor:
-        out = self.modulated_conv(x, style) + self.bias
+        out: Tensor = self.modulated_conv(x, style) + self.bias
         if skip is None:
             return out
         if self.upsample:
@@ -153,7 +153,8 @@ class StyleGAN2Decoder(nn.Module):
             out = conv(out, latent[:, index + 1], noises[index + 1])
             skip = to_rgb(out, latent[:, index + 2], skip)
             index += 2
-        return skip
+        image: Tensor = skip
+        return image
 
 
 class ResampleBlock(nn.Module):
