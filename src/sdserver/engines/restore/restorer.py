@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sdserver.engines.precision import PrecisionSetting, choose_placement
+from sdserver.engines.precision import Placement, PrecisionSetting, choose_placement
 from sdserver.engines.restore.align import Pixels
 from sdserver.engines.restore.codeformer_arch import CodeFormer
 from sdserver.engines.restore.gfpgan_arch import GFPGANv1Clean
@@ -46,6 +46,16 @@ def describe(name: RestorerName) -> str:
     return "CodeFormer (512px)" if name == "codeformer" else "GFPGANv1Clean (512px, channel multiplier 2)"
 
 
+def restorer_placement(precision: PrecisionSetting, device: torch.device | str | None) -> Placement:
+    """The engines' placement, except fp16: both networks overflow in it (their normalisations sum squares of
+    large activations), so they run in bf16 where the device has it, else fp32."""
+    placement = choose_placement(precision, device)
+    if placement.precision != "fp16":
+        return placement
+    cuda = placement.device.startswith("cuda") and torch.cuda.is_available()
+    return Placement(placement.device, "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32")
+
+
 class FaceRestorer:
     """Restores batches of aligned faces. `fidelity` (CodeFormer only): 0 trusts the learned face prior most,
     1 keeps closest to the input."""
@@ -59,7 +69,7 @@ class FaceRestorer:
         precision: PrecisionSetting = "auto",
         fidelity: float = DEFAULT_FIDELITY,
     ) -> None:
-        placement = choose_placement(precision, device)
+        placement = restorer_placement(precision, device)
         self.name, self.precision, self.fidelity = name, placement.precision, fidelity
         self._device, self._dtype = torch.device(placement.device), placement.dtype
         self._network = network.to(self._device, self._dtype).eval().requires_grad_(False)
