@@ -53,3 +53,17 @@ def test_sixteen_bit_grey_is_left_alone(tmp_path: Path) -> None:
     grey16 = source.convert("I;16")
     result = FaceEnhancer(tmp_path, "codeformer", device="cpu").enhance(grey16, grey16)
     assert result.faces == 0 and result.image is grey16
+
+
+def test_greyscale_with_alpha_keeps_its_mode_and_alpha(restorer_weights: Path) -> None:
+    source, (x, y, w, h) = face_on_canvas(0, 0, size=(176, 176))
+    grey = source.convert("L")
+    alpha = Image.linear_gradient("L").resize(grey.size)
+    source_la = Image.merge("LA", (grey, alpha))
+    upscaled = _upscaled(source_la, 2)
+    result = FaceEnhancer(restorer_weights, "gfpgan-1.4", device="cpu", precision="fp32").enhance(source_la, upscaled)
+    assert result.faces == 1 and result.image.mode == "LA" and result.image.size == upscaled.size
+    assert np.array_equal(np.asarray(result.image.getchannel("A")), np.asarray(upscaled.getchannel("A")))
+    before = np.asarray(upscaled.getchannel("L")).astype(int)
+    after = np.asarray(result.image.getchannel("L")).astype(int)
+    assert np.abs(after - before)[y * 2 : (y + h) * 2, x * 2 : (x + w) * 2].mean() > 10
