@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     # Device precision of the engines: auto picks fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.
     diffusion_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     upscale_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # face_enhance on super_resolution: the restorer (official weights in `<models dir>/face_restorers/`) and
+    # CodeFormer's fidelity (0: trust its face prior most, 1: stay closest to the input).
+    face_restorer: Literal["gfpgan-1.4", "gfpgan-1.3", "codeformer"] = "gfpgan-1.4"
+    codeformer_fidelity: float = Field(default=0.5, ge=0.0, le=1.0)
     # Diffusion models a worker keeps loaded (least recently used goes first).
     diffusion_max_loaded: int = Field(default=1, ge=1, le=16)
     # The SDXL refiner `refiner: yes` runs with (a model id of family sdxl_refiner). Unset: the one installed

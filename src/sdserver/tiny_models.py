@@ -1,12 +1,13 @@
-"""`models make-tiny` and `models make-tiny-upscaler`: seeded demo weights written where the engines look and
-registered, so the API can be tried without real weights; the first tiny model becomes the default model."""
+"""`models make-tiny`, `make-tiny-upscaler` and `make-tiny-restorer`: seeded demo weights written where the
+engines look (and registered), so the API can be tried without real weights; the first tiny model becomes the
+default model."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from sdserver.catalog.ids import DEFAULT_UPSCALER, UPSCALER_MODELS
 from sdserver.config import Settings
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 
 # The upscale endpoint's default model, and a compact network: seconds on a CPU.
 DEFAULT_TINY_UPSCALER = DEFAULT_UPSCALER
+# The face restorers SDSERVER_FACE_RESTORER accepts, read from the setting (the default first).
+RESTORER_CHOICES: tuple[str, ...] = get_args(Settings.model_fields["face_restorer"].annotation)
 
 
 def add_model_commands(
@@ -52,12 +55,26 @@ def add_model_commands(
         help=f"published upscaler id to imitate (default {DEFAULT_TINY_UPSCALER}, the upscale endpoint's default)",
     )
     upscaler.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    return [tiny, upscaler]
+    restorer = model_commands.add_parser(
+        "make-tiny-restorer",
+        help="write seeded face-restorer weights in the official layout (face_enhance runs; its faces are noise)",
+    )
+    restorer.add_argument(
+        "name",
+        nargs="?",
+        default=RESTORER_CHOICES[0],
+        choices=RESTORER_CHOICES,
+        help=f"face restorer to imitate (default {RESTORER_CHOICES[0]}, the SDSERVER_FACE_RESTORER default)",
+    )
+    restorer.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    return [tiny, upscaler, restorer]
 
 
 def run_models_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.models_command == "make-tiny-upscaler":
         return make_tiny_upscaler(settings, args.name, seed=args.seed)
+    if args.models_command == "make-tiny-restorer":
+        return make_tiny_restorer(settings, args.name, seed=args.seed)
     return make_tiny(settings, args)
 
 
@@ -154,4 +171,19 @@ def make_tiny_upscaler(settings: Settings, model_id: str, *, seed: int = 0) -> i
     registry.mark_ready(ModelKind.UPSCALER, model_id, format="pth", size=_size(path))
     print(f"wrote seeded {model_id} weights to {path}")
     print("its weights are random: upscales come out at the right size but are not real upscales (for trying the API)")
+    return 0
+
+
+def make_tiny_restorer(settings: Settings, name: str, *, seed: int = 0) -> int:
+    """`models make-tiny-restorer [NAME]`: seeded full-size weights of a face restorer in its official file."""
+    from sdserver.catalog.layout import models_dir_for
+    from sdserver.engines.restore.restorer import RestorerName, restorer_folder
+    from sdserver.engines.restore.tiny import write_restorer_weights
+
+    restorer: RestorerName = name  # type: ignore[assignment]  # argparse allowed only RESTORER_CHOICES
+    path = write_restorer_weights(restorer_folder(models_dir_for(settings)), restorer, seed=seed)
+    print(f"wrote seeded {name} weights to {path}")
+    if name != settings.face_restorer:
+        print(f"face_enhance uses {settings.face_restorer}; set SDSERVER_FACE_RESTORER={name} to use these")
+    print("its weights are random: face_enhance runs end to end, but restored faces are noise (for trying the API)")
     return 0

@@ -21,7 +21,7 @@ class SuperResolutionRequest(JobRequest):
     init_image: OptionalText = Field(default=None, description="Alias of `url` (sent by v6 clients and the SDK).")
     scale: LenientFloat = Field(default=None, description="Upscale factor, 1–4 (default 4).")
     model_id: OptionalText = Field(default=None, description="Upscaler; default realesr-general-x4v3.")
-    face_enhance: Flag = Field(default=None, description="Face restoration (needs a face-restoration model).")
+    face_enhance: Flag = Field(default=None, description="Restore faces with GFPGAN/CodeFormer.")
 
 
 @dataclass(frozen=True)

@@ -187,12 +187,13 @@ def test_junk_weights_are_unsupported(deployment: Deployment) -> None:
     assert "RealESRGAN_x2plus.pth" in failed.value.message
 
 
-def test_face_enhance_is_refused_not_ignored(deployment: Deployment) -> None:
+def test_face_enhance_without_restorer_weights_fails_naming_the_file(deployment: Deployment) -> None:
     job = deployment.job(COMPACT, deployment.put_input(smooth_image(8, 8)), face_enhance=True)
     with pytest.raises(JobFailed) as failed:
         deployment.run(job)
     assert failed.value.code == "face_enhance_unavailable"
-    assert "GFPGAN/CodeFormer" in failed.value.message and "face_enhance: no" in failed.value.message
+    assert "GFPGANv1.4.pth" in failed.value.message and "models/face_restorers" in failed.value.message
+    assert "face_enhance: no" in failed.value.message
 
 
 def test_missing_or_broken_input(deployment: Deployment) -> None:

@@ -20,6 +20,8 @@ from sdserver.engines.inputs import read_input_image
 from sdserver.engines.lru import FingerprintLRU
 from sdserver.engines.model_files import ModelFiles
 from sdserver.engines.precision import PrecisionSetting, choose_device
+from sdserver.engines.restore.enhance import FaceEnhancer
+from sdserver.engines.restore.restorer import RestorerWeightsMissingError, restorer_folder
 from sdserver.engines.upscale.archs import OFFICIAL_MODELS
 from sdserver.engines.upscale.runner import DEFAULT_TILE_PAD, Upscaler, output_size
 from sdserver.engines.upscale.tiling import is_out_of_memory
@@ -33,10 +35,6 @@ log = logging.getLogger(__name__)
 
 # models() is called on every claim; a directory listing that often is cheap, but not free on network disks.
 SCAN_INTERVAL_S: Final = 2.0
-FACE_ENHANCE_MESSAGE: Final = (
-    "face_enhance needs a face-restoration model (GFPGAN/CodeFormer), which this server does not have yet; "
-    "send face_enhance: no"
-)
 
 
 def weights_folder(settings: Settings) -> Path:
@@ -75,6 +73,10 @@ class UpscaleEngine:
         self._scanned_at = -float("inf")
         self._scanned: frozenset[str] = frozenset()
         self._files = files or ModelFiles(settings, objects)
+        self._faces = FaceEnhancer(
+            restorer_folder(models_dir_for(settings)), settings.face_restorer, device=self._device,
+            precision=precision, fidelity=settings.codeformer_fidelity,
+        )  # fmt: skip
 
     def kinds(self) -> Collection[JobKind]:
         return frozenset({JobKind.SUPER_RESOLUTION})
@@ -96,6 +98,7 @@ class UpscaleEngine:
 
     def clear(self) -> None:
         self._loaded.clear()
+        self._faces.clear()
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -105,20 +108,24 @@ class UpscaleEngine:
     def _run_one(self, job: Job, step: StepContext) -> EngineOutput:
         params = job.params_as(SuperResolutionParams)
         if params.face_enhance:
-            raise JobFailed(JobErrorCode.FACE_ENHANCE_UNAVAILABLE, FACE_ENHANCE_MESSAGE)
+            self._face_restorer()  # missing or unusable restorer weights fail the job before any work
         scale = params.scale
         upscaler = self.upscaler(job.model_id)
         # Phone photos store their rotation in EXIF; the reader turns them upright like the preview.
         image = read_input_image(self._objects, params.input_key, "url", max_pixels=self._max_pixels)
         try:
             result = upscaler.upscale_with_info(image, scale, tile=self._tile, on_tile=step.step)
+            output, faces = result.image, None
+            if params.face_enhance:
+                enhanced = self._faces.enhance(image, output)
+                output, faces = enhanced.image, enhanced.faces
         except RuntimeError as exc:
             failure = self._device_error(exc)
             if failure is None:
                 raise
             raise failure from exc
         buffer = io.BytesIO()
-        result.image.save(buffer, format="PNG")
+        output.save(buffer, format="PNG")
         meta: dict[str, Any] = {
             "model_id": job.model_id,
             "scale": scale,
@@ -127,6 +134,8 @@ class UpscaleEngine:
             "precision": upscaler.precision,
             "tile": result.tile,
         }
+        if faces is not None:
+            meta.update(face_restorer=self._faces.name, faces_restored=faces)
         return EngineOutput(images=[buffer.getvalue()], meta=meta)
 
     def upscaler(self, model_id: str) -> Upscaler:
@@ -158,6 +167,14 @@ class UpscaleEngine:
         )  # fmt: skip
         self._loaded.put(model_id, identity, upscaler)
         return upscaler
+
+    def _face_restorer(self) -> None:
+        try:
+            self._faces.restorer()
+        except RestorerWeightsMissingError as exc:
+            raise JobFailed(JobErrorCode.FACE_ENHANCE_UNAVAILABLE, str(exc)) from None
+        except UnsupportedWeightsError as exc:
+            raise JobFailed(JobErrorCode.UNSUPPORTED_WEIGHTS, f"Cannot use the face restorer: {exc}") from None
 
     def _device_error(self, exc: RuntimeError) -> Exception | None:
         """Out of memory outside the tile loop (which retries its own) fails the job after freeing the loaded

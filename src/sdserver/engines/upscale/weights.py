@@ -2,69 +2,33 @@
 
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-import torch
 from torch import Tensor, nn
 
+from sdserver.engines.state_dicts import (
+    WEIGHT_SUFFIXES,
+    UnsupportedWeightsError,
+    find_weights,
+    load_strict,
+    read_state_dict,
+)
 from sdserver.engines.upscale.archs import ArchSpec
 
-WEIGHT_SUFFIXES: Final = (".safetensors", ".pth")
-# Training checkpoints keep the EMA weights (the better ones) beside the raw ones; the published files do too.
-STATE_DICT_KEYS: Final = ("params_ema", "params")
+# Re-exported: the upscale engine and its tests import them from here.
+__all__ = [
+    "UnsupportedWeightsError", "build_network", "detect_arch", "find_weights", "list_weight_ids", "load_network",
+    "read_state_dict",
+]  # fmt: skip
+
 # RRDBNet's first conv sees the input pixel-unshuffled: in-channels ÷ out-channels gives the native scale.
 _RRDB_SCALE_BY_CHANNEL_RATIO: Final = {1: 4, 4: 2, 16: 1}
 _RRDB_BLOCK = re.compile(r"body\.(\d+)\.rdb1\.conv1\.weight")
 _BODY_PARAM = re.compile(r"body\.(\d+)\.weight")
 RGB: Final = 3
-
-StateDict = dict[str, Tensor]
-
-
-class UnsupportedWeightsError(ValueError):
-    """The file is not a state dict of a network this server knows (or not a weight file at all)."""
-
-
-def read_state_dict(path: Path) -> StateDict:
-    """The tensors of a weight file: under `params_ema`, else `params`, else the top level (.pth), or the whole
-    file (.safetensors). Pickles load with `weights_only`, so a hostile file cannot run code."""
-    raw: object
-    if path.suffix == ".safetensors":
-        raw = _read_safetensors(path)
-    else:
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
-            raise UnsupportedWeightsError(f"{path.name} is not a readable PyTorch weight file ({exc})") from None
-    if not isinstance(raw, Mapping):
-        raise UnsupportedWeightsError(f"{path.name} holds a {type(raw).__name__}, not a state dict")
-    for key in STATE_DICT_KEYS:
-        nested = raw.get(key)
-        if isinstance(nested, Mapping):
-            raw = nested
-            break
-    tensors = {str(name): value for name, value in raw.items() if isinstance(value, Tensor)}
-    if not tensors:
-        raise UnsupportedWeightsError(f"{path.name} holds no tensors")
-    # Checkpoints saved from DataParallel prefix every name with `module.`.
-    if all(name.startswith("module.") for name in tensors):
-        tensors = {name.removeprefix("module."): value for name, value in tensors.items()}
-    return tensors
-
-
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(path, device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UnsupportedWeightsError(f"{path.name} is not a readable safetensors file ({exc})") from None
 
 
 def detect_arch(state: Mapping[str, Tensor], name: str = "the weights") -> ArchSpec:
@@ -119,29 +83,12 @@ def build_network(state: Mapping[str, Tensor], name: str = "the weights") -> tup
     spec = detect_arch(state, name)
     if spec.num_in_ch != RGB:
         raise UnsupportedWeightsError(f"{name}: {spec.describe()} takes {spec.num_in_ch} channels; only RGB is run")
-    network = spec.build()
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        detail = str(exc).splitlines()[1:3]
-        raise UnsupportedWeightsError(
-            f"{name} do not fit {spec.describe()}: {' '.join(part.strip() for part in detail)}"
-        ) from None
-    network.eval().requires_grad_(False)
+    network = load_strict(spec.build(), state, name, spec.describe())
     return network, spec
 
 
 def load_network(path: Path) -> tuple[nn.Module, ArchSpec]:
     return build_network(read_state_dict(path), path.name)
-
-
-def find_weights(folder: Path, model_id: str) -> Path | None:
-    """`<model_id>.safetensors` (preferred: no pickle) or `<model_id>.pth` in `folder`."""
-    for suffix in WEIGHT_SUFFIXES:
-        path = folder / f"{model_id}{suffix}"
-        if path.is_file():
-            return path
-    return None
 
 
 def list_weight_ids(folder: Path) -> set[str]:
