@@ -1,4 +1,4 @@
-"""`python -m bench`: every benchmark (P1–P8 of #7, P10 of #16) in one process tree; a table, results/latest.json and charts.
+"""`python -m bench`: every benchmark (P1–P8 of #7, P9–P10 of #16) in one process tree; a table, latest.json, charts.
 
 python -m bench                    # everything, full sizes (CPU; GPU sizes when CUDA is available)
 python -m bench --quick            # tiny sizes, seconds: a smoke check, its numbers mean nothing
