@@ -27,8 +27,8 @@ DEFAULT_SAFETY_CHECKER: Final = True
 SAFETY_CHECKER_TYPES: Final = ("sensitive_content_text", "blur", "pixelate", "black")
 DEFAULT_CONDITIONING_SCALE: Final = 1.0
 DEFAULT_UPSCALE_SCALE: Final = 4.0
-# The Real-ESRGAN model generation's `upscale` pass runs (the super_resolution endpoint's default too).
-DEFAULT_PASS_UPSCALER: Final = "realesr-general-x4v3"
+# The Real-ESRGAN model the `upscale` generation pass runs (catalog.ids.DEFAULT_UPSCALER, the endpoint's default).
+DEFAULT_GENERATION_UPSCALER: Final = "realesr-general-x4v3"
 # The test engine's: few steps, and test-slow's pause per step.
 FAKE_DEFAULT_STEPS: Final = 4
 FAKE_DEFAULT_STEP_DELAY_S: Final = 0.2
@@ -54,7 +54,7 @@ class GenerationPasses:
     the job's size; `panorama` runs MultiDiffusion; `self_attention` runs self-attention guidance (SAG)."""
 
     upscale_scale: float = 1.0
-    upscale_model: str = DEFAULT_PASS_UPSCALER
+    upscale_model: str = DEFAULT_GENERATION_UPSCALER
     highres_fix: bool = False
     panorama: bool = False
     self_attention: bool = False

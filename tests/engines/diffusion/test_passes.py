@@ -15,7 +15,7 @@ from sdserver.engines.base import EngineOutput, JobFailed
 from sdserver.engines.diffusion.engine import DiffusionEngine
 from sdserver.engines.upscale.tiny import write_official_weights
 from sdserver.errors import JobErrorCode
-from sdserver.job_params import DEFAULT_PASS_UPSCALER, GenerationPasses
+from sdserver.job_params import DEFAULT_GENERATION_UPSCALER, GenerationPasses
 from sdserver.jobs import JobKind
 from sdserver.objects.local import LocalObjectStore
 from tests.support.tiny_sd import RecordingContext, make_job, make_tiny_model, pixels
@@ -44,7 +44,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     data_dir = tmp_path_factory.mktemp("passes-data")
     make_tiny_model(data_dir / "models", MODEL)
-    write_official_weights(data_dir / "models" / "upscalers", DEFAULT_PASS_UPSCALER, "params")
+    write_official_weights(data_dir / "models" / "upscalers", DEFAULT_GENERATION_UPSCALER, "params")
     objects = LocalObjectStore(data_dir / "objects", "http://test", b"secret", 3600)
     return World(data_dir, DiffusionEngine(Settings(data_dir=data_dir), objects))
 
