@@ -51,13 +51,17 @@ DEFAULT_SCHEDULER: Final = SchedulerChoice(DEFAULT_SCHEDULER_NAME, DEFAULT_KARRA
 class GenerationPasses:
     """Extra passes of a generation job (all off by default): `upscale_scale` > 1 runs the Real-ESRGAN model
     `upscale_model` on the outputs; `highres_fix` generates at half size, upscales the latents and refines them at
-    the job's size; `panorama` runs MultiDiffusion; `self_attention` runs self-attention guidance (SAG)."""
+    the job's size; `panorama` runs MultiDiffusion; `self_attention` runs self-attention guidance (SAG);
+    `keep_box` (outpaint) keeps part of the init image exactly."""
 
     upscale_scale: float = 1.0
     upscale_model: str = DEFAULT_GENERATION_UPSCALER
     highres_fix: bool = False
     panorama: bool = False
     self_attention: bool = False
+    # Inpainting (outpaint): the init image's pixels inside this (left, top, right, bottom) box are put back
+    # exactly after the run, so the original area of an extended canvas is unchanged.
+    keep_box: tuple[int, int, int, int] | None = None
 
     @property
     def any(self) -> bool:

@@ -19,6 +19,7 @@ from sdserver.api.metrics import Metrics, RequestMetricsMiddleware
 from sdserver.api.replies import install_error_handlers, is_stablecog_path
 from sdserver.api.routes import (
     controlnet,
+    editing,
     files,
     generation,
     health,
@@ -45,7 +46,20 @@ _PURGE_INTERVAL_S = 600.0
 # Every API router the app serves, in matching order (the public pages are added on their own).
 ROUTERS = tuple(
     module.router
-    for module in (health, files, uploads, stablecog, generation, controlnet, upscale, nsfw, models, server, jobs)
+    for module in (
+        health,
+        files,
+        uploads,
+        stablecog,
+        generation,
+        controlnet,
+        upscale,
+        editing,
+        nsfw,
+        models,
+        server,
+        jobs,
+    )
 )
 
 

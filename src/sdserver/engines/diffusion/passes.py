@@ -29,7 +29,7 @@ HIGHRES_FIRST_PASS: Final = 0.5
 HIGHRES_STRENGTH: Final = 0.55
 SAG_SCALE: Final = 0.75
 
-__all__ = ["HIGHRES_FAMILIES", "VARIANT_FAMILIES", "PassRunner", "first_pass_size"]
+__all__ = ["HIGHRES_FAMILIES", "VARIANT_FAMILIES", "PassRunner", "first_pass_size", "keep_original"]
 
 
 def first_pass_size(width: int, height: int, multiple: int = 8) -> tuple[int, int]:
@@ -38,6 +38,19 @@ def first_pass_size(width: int, height: int, multiple: int = 8) -> tuple[int, in
         max(multiple, int(width * HIGHRES_FIRST_PASS) // multiple * multiple),
         max(multiple, int(height * HIGHRES_FIRST_PASS) // multiple * multiple),
     )
+
+
+def keep_original(generated: Image.Image, init: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """`generated` with `init`'s pixels inside `box` put back exactly (clipped to the image; JobFailed when the box
+    holds nothing: the stored job does not fit its own init image)."""
+    left, top, right, bottom = max(0, box[0]), max(0, box[1]), min(init.width, box[2]), min(init.height, box[3])
+    if left >= right or top >= bottom:
+        raise JobFailed(
+            JobErrorCode.INVALID_PARAMS, f"keep_box {box} lies outside the {init.width}x{init.height} image"
+        )
+    result = generated.convert("RGB")
+    result.paste(init.convert("RGB").crop((left, top, right, bottom)), (left, top))
+    return result
 
 
 class _Progress:

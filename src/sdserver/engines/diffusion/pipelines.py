@@ -18,7 +18,7 @@ from sdserver.engines.diffusion.conditioning import family_addons, family_clip_s
 from sdserver.engines.diffusion.families import check_kind
 from sdserver.engines.diffusion.finishing import FinishedImages, finish_images
 from sdserver.engines.diffusion.loader import LoadedModel
-from sdserver.engines.diffusion.passes import PassRunner
+from sdserver.engines.diffusion.passes import PassRunner, keep_original
 from sdserver.engines.diffusion.refiner import RefinerPlan, run_refined
 from sdserver.engines.diffusion.schedulers import build_scheduler, family_scheduler
 from sdserver.engines.inputs import read_input_image
@@ -104,6 +104,8 @@ def run_job(
         images = _generate(model, pipeline, job, inputs, ctx, skip, init, mask, refiner, passes)
     if init is not None and mask is not None:
         images = [paste_unmasked(image, init, mask) for image in images]
+    if init is not None and params.passes.keep_box is not None:
+        images = [keep_original(image, init, params.passes.keep_box) for image in images]
     if params.passes.upscale_scale > 1:
         images = _runner(passes).upscale(images, params.passes, ctx)
     extra = extra_parameters(inputs, addons, addon_meta, skip, from_image=init is not None)
