@@ -32,7 +32,10 @@ class EditingRequest(Text2ImgRequest):
     """The generation fields of text2img; `width` and `height` are the outpaint canvas (the other edits keep the
     image's own size, scaled down to the model family's cap)."""
 
-    prompt: OptionalText = Field(default=None, description="What to paint (each endpoint has a default).")
+    # Optional here (each endpoint has a default, set before the generation rules read it).
+    prompt: OptionalText = Field(  # type: ignore[assignment]
+        default=None, description="What to paint (each endpoint has a default)."
+    )
     init_image: RequiredText = Field(
         validation_alias=AliasChoices("init_image", "image"),
         description="The image: URL, data URL, base64, or a URL this server issued (alias image).",
@@ -61,7 +64,7 @@ class ObjectRemovalRequest(EditingRequest):
 
 
 class EditInpaintRequest(ObjectRemovalRequest):
-    prompt: RequiredText = Field(description="What to paint where the mask is white.")  # type: ignore[assignment]
+    prompt: RequiredText = Field(description="What to paint where the mask is white.")
 
 
 def edit_strength(value: float | None) -> float:
