@@ -13,6 +13,8 @@ import pytest
 from sdserver.config import Settings
 from sdserver.engines.base import EngineOutput, JobFailed
 from sdserver.engines.diffusion.engine import DiffusionEngine
+from sdserver.engines.diffusion.tiny_families.names import TinyFamily
+from sdserver.engines.diffusion.tiny_families.writer import make_tiny_family_model
 from sdserver.engines.upscale.tiny import write_official_weights
 from sdserver.errors import JobErrorCode
 from sdserver.job_params import DEFAULT_GENERATION_UPSCALER, GenerationPasses
@@ -27,6 +29,7 @@ pytestmark = [
 ]
 
 MODEL = "tiny-passes"
+SDXL = "tiny-sdxl-passes"
 
 
 @dataclass
@@ -34,8 +37,8 @@ class World:
     data_dir: Path
     engine: DiffusionEngine
 
-    def run(self, width: int = 64, height: int = 64, **params: Any) -> EngineOutput:
-        job = make_job(MODEL, JobKind.TEXT2IMG, width=width, height=height, **params)
+    def run(self, width: int = 64, height: int = 64, model: str = MODEL, **params: Any) -> EngineOutput:
+        job = make_job(model, JobKind.TEXT2IMG, width=width, height=height, **params)
         [output] = self.engine.run([job], lambda _job: RecordingContext())
         return output
 
@@ -44,6 +47,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     data_dir = tmp_path_factory.mktemp("passes-data")
     make_tiny_model(data_dir / "models", MODEL)
+    make_tiny_family_model(data_dir / "models", SDXL, TinyFamily.SDXL)
     write_official_weights(data_dir / "models" / "upscalers", DEFAULT_GENERATION_UPSCALER, "params")
     objects = LocalObjectStore(data_dir / "objects", "http://test", b"secret", 3600)
     return World(data_dir, DiffusionEngine(Settings(data_dir=data_dir), objects))
@@ -72,6 +76,13 @@ def test_highres_fix_has_the_requested_size_and_differs(world: World) -> None:
     assert np.abs(pixels(fixed) - pixels(plain)).mean() > 1
     again = world.run(width=128, height=96, passes=GenerationPasses(highres_fix=True)).images[0]
     assert again == fixed, "same seed, same bytes"
+
+
+def test_highres_fix_on_sdxl(world: World) -> None:
+    plain = world.run(width=128, height=128, model=SDXL).images[0]
+    fixed = world.run(width=128, height=128, model=SDXL, passes=GenerationPasses(highres_fix=True)).images[0]
+    assert pixels(fixed).shape == (128, 128, 3)
+    assert np.abs(pixels(fixed) - pixels(plain)).mean() > 1
 
 
 def test_panorama_is_wider_than_tall(world: World) -> None:
