@@ -3,12 +3,14 @@ layout), highres fix, panorama and self-attention guidance, and their clear fail
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from sdserver.config import Settings
 from sdserver.engines.base import EngineOutput, JobFailed
@@ -76,6 +78,8 @@ def test_highres_fix_has_the_requested_size_and_differs(world: World) -> None:
     assert np.abs(pixels(fixed) - pixels(plain)).mean() > 1
     again = world.run(width=128, height=96, passes=GenerationPasses(highres_fix=True)).images[0]
     assert again == fixed, "same seed, same bytes"
+    with Image.open(io.BytesIO(fixed)) as image:
+        assert "Hires upscale: 2, Hires upscaler: Latent" in image.text["parameters"]  # type: ignore[attr-defined]
 
 
 def test_highres_fix_on_sdxl(world: World) -> None:
@@ -91,12 +95,13 @@ def test_panorama_is_wider_than_tall(world: World) -> None:
 
 
 def test_self_attention_runs_and_differs(world: World) -> None:
-    plain = world.run(scheduler="DDIMScheduler").images[0]
-    guided = world.run(scheduler="DDIMScheduler", passes=GenerationPasses(self_attention=True)).images[0]
+    # With token merging on, as the API's default is.
+    plain = world.run(scheduler="DDIMScheduler", tomesd=True).images[0]
+    guided = world.run(scheduler="DDIMScheduler", tomesd=True, passes=GenerationPasses(self_attention=True)).images[0]
     assert pixels(guided).shape == (64, 64, 3)
     assert np.abs(pixels(guided) - pixels(plain)).mean() > 0.5
     # The attention processors SAG swapped are back: the next plain job is unchanged.
-    assert world.run(scheduler="DDIMScheduler").images[0] == plain
+    assert world.run(scheduler="DDIMScheduler", tomesd=True).images[0] == plain
 
 
 def test_self_attention_refuses_float_timestep_schedulers(world: World) -> None:

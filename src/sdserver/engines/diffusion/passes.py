@@ -29,7 +29,14 @@ HIGHRES_FIRST_PASS: Final = 0.5
 HIGHRES_STRENGTH: Final = 0.55
 SAG_SCALE: Final = 0.75
 
-__all__ = ["HIGHRES_FAMILIES", "VARIANT_FAMILIES", "PassRunner", "first_pass_size", "keep_original"]
+__all__ = [
+    "HIGHRES_FAMILIES",
+    "VARIANT_FAMILIES",
+    "PassRunner",
+    "first_pass_size",
+    "keep_original",
+    "pass_parameters",
+]
 
 
 def first_pass_size(width: int, height: int, multiple: int = 8) -> tuple[int, int]:
@@ -38,6 +45,24 @@ def first_pass_size(width: int, height: int, multiple: int = 8) -> tuple[int, in
         max(multiple, int(width * HIGHRES_FIRST_PASS) // multiple * multiple),
         max(multiple, int(height * HIGHRES_FIRST_PASS) // multiple * multiple),
     )
+
+
+def pass_parameters(passes: GenerationPasses) -> dict[str, Any]:
+    """What the passes add to the PNG `parameters` text, in A1111's words where it has them."""
+    extra: dict[str, Any] = {}
+    if passes.highres_fix:
+        extra |= {
+            "Hires upscale": round(1 / HIGHRES_FIRST_PASS, 2),
+            "Hires upscaler": "Latent",
+            "Denoising strength": HIGHRES_STRENGTH,
+        }
+    if passes.panorama:
+        extra["Panorama"] = "MultiDiffusion"
+    if passes.self_attention:
+        extra["SAG scale"] = SAG_SCALE
+    if passes.upscale_scale > 1:
+        extra["Upscale"] = f"{passes.upscale_scale:g}x {passes.upscale_model}"
+    return extra
 
 
 def keep_original(generated: Image.Image, init: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:

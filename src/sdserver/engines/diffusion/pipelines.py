@@ -18,7 +18,7 @@ from sdserver.engines.diffusion.conditioning import family_addons, family_clip_s
 from sdserver.engines.diffusion.families import check_kind
 from sdserver.engines.diffusion.finishing import FinishedImages, finish_images
 from sdserver.engines.diffusion.loader import LoadedModel
-from sdserver.engines.diffusion.passes import PassRunner, keep_original
+from sdserver.engines.diffusion.passes import PassRunner, keep_original, pass_parameters
 from sdserver.engines.diffusion.refiner import RefinerPlan, run_refined
 from sdserver.engines.diffusion.schedulers import build_scheduler, family_scheduler
 from sdserver.engines.inputs import read_input_image
@@ -109,6 +109,7 @@ def run_job(
     if params.passes.upscale_scale > 1:
         images = _runner(passes).upscale(images, params.passes, ctx)
     extra = extra_parameters(inputs, addons, addon_meta, skip, from_image=init is not None)
+    extra |= {name: value for name, value in pass_parameters(params.passes).items() if extra.get(name) is None}
     if refiner is not None and refiner.model is not None:
         extra["Refiner"] = refiner.note
     finished = finish_run(images, job, inputs, nsfw_threshold=nsfw_threshold, extra_parameters=extra)
