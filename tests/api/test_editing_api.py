@@ -12,6 +12,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from modelslab_py.core.apis.image_editing import Image_editing
+from modelslab_py.core.client import Client
+from modelslab_py.schemas.image_editing import ObjectRemovalSchema, OutpaintingSchema
 from PIL import Image
 
 from sdserver.auth import Role
@@ -30,7 +33,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     data_dir = tmp_path_factory.mktemp("editing")
     make_tiny_model(data_dir / "models", MODEL)
     write_official_weights(data_dir / "models" / "upscalers", DEFAULT_GENERATION_UPSCALER, "params")
-    settings = make_settings(data_dir, engines=["diffusers"], sync_wait_s=90.0, worker_poll_s=0.05)
+    settings = make_settings(
+        data_dir, engines=["diffusers"], sync_wait_s=90.0, worker_poll_s=0.05, default_model_id=MODEL
+    )
     with run_server(settings) as server:
         supervisor = WorkerSupervisor(settings, 1, log_level="warning")
         supervisor.start()
@@ -89,6 +94,14 @@ def test_outpaint_extends_the_canvas_and_keeps_the_original_exactly(
     if alignment == "left":
         # The new area was painted, not left as the canvas's copies of the image's last column.
         assert np.abs(result[16:48, 48:] - placed[:, -1:]).mean() > 5
+
+
+def test_outpaint_keeps_the_side_the_request_leaves_out(live: LiveServer, key: str, http: httpx.Client) -> None:
+    original = picture(44, 64, seed=2)
+    result = output(http, post(http, live, key, OUTPAINT, image=b64(original), width=96, alignment="right"))
+    assert result.shape == (64, 96, 3)
+    # 44 wide on a 96 canvas, right-aligned: the picture's pixels sit unchanged at x 52..96.
+    assert np.array_equal(result[:, 52:], np.asarray(original, dtype=np.int16))
 
 
 def test_outpaint_under_the_enterprise_alias_and_fetch(live: LiveServer, key: str, http: httpx.Client) -> None:
@@ -172,3 +185,20 @@ def test_text2img_upscale_yes_returns_images_at_twice_the_size(live: LiveServer,
     reply = post(http, live, key, "/api/v6/images/text2img", prompt="a cat", width=96, height=64, upscale="yes")
     assert output(http, reply).shape == (128, 192, 3)
     assert reply["meta"]["upscale"] == "2" and "unsupported" not in reply["meta"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_official_sdk_outpaints_and_removes_objects(live: LiveServer, key: str) -> None:
+    """modelslab-py's own calls, unchanged but for the base URL; they name no model: the default one runs."""
+    client = Client(api_key=key, fetch_retry=1, fetch_timeout=0)
+    client.base_url = live.url("/api/")
+    api = Image_editing(client, enterprise=False)
+    outpainted = api.outpainting(
+        OutpaintingSchema(prompt="a wall", image=b64(picture(48, 48)), width=96, height=64, num_inference_steps=2)
+    )
+    assert outpainted["status"] == "success" and outpainted["meta"]["W"] == 96, outpainted
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    schema = ObjectRemovalSchema(init_image=b64(picture(64, 64)), mask_image=b64(mask), num_inference_steps=2)
+    removed = api.object_remover(schema)
+    assert removed["status"] == "success" and removed["meta"]["model_id"] == MODEL, removed

@@ -52,6 +52,13 @@ def fit_to_blocks(size: tuple[int, int], max_side: int, multiple: int, min_side:
     return max(min_side, width - width % multiple), max(min_side, height - height % multiple)
 
 
+def canvas_side(image_side: int, multiple: int, min_side: int, max_side: int) -> int:
+    """A canvas side the request left out: the image's own side, rounded up to `multiple` so the image fits
+    unscaled, within `min_side` and `max_side`."""
+    side = -(-image_side // multiple) * multiple
+    return max(min_side, min(side, max_side - max_side % multiple))
+
+
 def outpaint_canvas(image: Image.Image, size: tuple[int, int], alignment: str, overlap: int) -> Canvas:
     """The canvas of `size` with `image` placed by `alignment` (scaled down first if it does not fit), the new area
     filled by repeating the image's edge pixels, a mask that paints the new area plus `overlap` pixels into the

@@ -20,7 +20,7 @@ from sdserver.api.aliases import (
     family_prefix,
 )
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
-from sdserver.api.editing_canvas import fit_to_blocks, outpaint_canvas, parse_alignment
+from sdserver.api.editing_canvas import canvas_side, fit_to_blocks, outpaint_canvas, parse_alignment
 from sdserver.api.family_checks import require_runnable
 from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import allocate_outputs
@@ -81,6 +81,13 @@ async def _edit(
     family = await run_in_threadpool(require_runnable, services.models, model_id, JobKind.INPAINT)
     image = await _decode(services, body.init_image, "init_image")
     mask: DecodedImage | None = None
+    plan = plan_family(family)
+    if isinstance(body, OutpaintRequest):
+        # A side the request leaves out stays the image's own: `width: 1024` alone widens the picture.
+        if body.width is None:
+            body.width = canvas_side(image.width, plan.side_multiple, MIN_SIDE, plan.max_side)
+        if body.height is None:
+            body.height = canvas_side(image.height, plan.side_multiple, MIN_SIDE, plan.max_side)
     if isinstance(body, ObjectRemovalRequest):
         mask = await _decode(services, body.mask_image, "mask_image")
         if (mask.width, mask.height) != (image.width, image.height):
