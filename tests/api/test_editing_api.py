@@ -194,9 +194,11 @@ def test_the_official_sdk_outpaints_and_removes_objects(live: LiveServer, key: s
     client.base_url = live.url("/api/")
     api = Image_editing(client, enterprise=False)
     outpainted = api.outpainting(
+        # The SDK sends its default overlap_width (64): more than a quarter of this picture, so a quarter is taken.
         OutpaintingSchema(prompt="a wall", image=b64(picture(48, 48)), width=96, height=64, num_inference_steps=2)
     )
     assert outpainted["status"] == "success" and outpainted["meta"]["W"] == 96, outpainted
+    assert outpainted["meta"]["overlap_width"] == 64 and outpainted["meta"]["kept_area"] == [36, 20, 60, 44]
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (8, 8, 24, 24))
     schema = ObjectRemovalSchema(init_image=b64(picture(64, 64)), mask_image=b64(mask), num_inference_steps=2)

@@ -13,8 +13,6 @@ from sdserver.errors import ValidationError
 # Where the original sits on the new canvas: "left" keeps it at the left edge, so the canvas grows to the right.
 ALIGNMENTS: Final = ("middle", "left", "right", "top", "bottom")
 ALIGNMENT_ALIASES: Final = {"center": "middle", "centre": "middle"}
-# The smallest side the kept area of an outpainted image may shrink to once `overlap_width` is taken off.
-MIN_KEPT_SIDE: Final = 8
 
 
 @dataclass(frozen=True)
@@ -61,8 +59,8 @@ def canvas_side(image_side: int, multiple: int, min_side: int, max_side: int) ->
 
 def outpaint_canvas(image: Image.Image, size: tuple[int, int], alignment: str, overlap: int) -> Canvas:
     """The canvas of `size` with `image` placed by `alignment` (scaled down first if it does not fit), the new area
-    filled by repeating the image's edge pixels, a mask that paints the new area plus `overlap` pixels into the
-    image along each new edge, and the rest of the image kept exactly."""
+    filled by repeating the image's edge pixels, a mask that paints the new area plus `overlap` pixels (at most a
+    quarter of the image's side) into the image along each new edge, and the rest of the image kept exactly."""
     canvas_w, canvas_h = size
     fitted = fit_inside(image.size, size)
     if fitted == size:
@@ -74,16 +72,15 @@ def outpaint_canvas(image: Image.Image, size: tuple[int, int], alignment: str, o
     width, height = fitted
     left, top = _position(alignment, size, fitted)
     filled = _edge_filled(source, size, (left, top))
-    # The overlap applies only on sides where the canvas grew (an image edge on the canvas edge stays kept).
+    # The overlap applies only on sides where the canvas grew (an image edge on the canvas edge stays kept), and
+    # takes at most a quarter of the image's side there: at least half of the image is always kept.
+    across, down = min(overlap, width // 4), min(overlap, height // 4)
     keep = (
-        left + (overlap if left > 0 else 0),
-        top + (overlap if top > 0 else 0),
-        left + width - (overlap if left + width < canvas_w else 0),
-        top + height - (overlap if top + height < canvas_h else 0),
+        left + (across if left > 0 else 0),
+        top + (down if top > 0 else 0),
+        left + width - (across if left + width < canvas_w else 0),
+        top + height - (down if top + height < canvas_h else 0),
     )
-    if keep[2] - keep[0] < MIN_KEPT_SIDE or keep[3] - keep[1] < MIN_KEPT_SIDE:
-        rule = f"leaves less than {MIN_KEPT_SIDE} pixels of the {width}x{height} image to keep"
-        raise ValidationError.for_field("overlap_width", rule, overlap)
     mask = Image.new("L", size, 255)
     mask.paste(0, keep)
     return Canvas(filled, mask, keep)
