@@ -82,6 +82,14 @@ def test_highres_fix_has_the_requested_size_and_differs(world: World) -> None:
         assert "Hires upscale: 2, Hires upscaler: Latent" in image.text["parameters"]  # type: ignore[attr-defined]
 
 
+def test_highres_fix_with_one_step_still_refines(world: World) -> None:
+    ctx = RecordingContext()
+    job = make_job(MODEL, JobKind.TEXT2IMG, width=128, height=128, steps=1, passes=GenerationPasses(highres_fix=True))
+    [output] = world.engine.run([job], lambda _job: ctx)
+    assert pixels(output.images[0]).shape == (128, 128, 3)
+    assert ctx.steps[-1] == (2, 2), "one step at half size, one at full size"
+
+
 def test_highres_fix_on_sdxl(world: World) -> None:
     plain = world.run(width=128, height=128, model=SDXL).images[0]
     fixed = world.run(width=128, height=128, model=SDXL, passes=GenerationPasses(highres_fix=True)).images[0]

@@ -145,7 +145,9 @@ class PassRunner:
         width, height = first_pass_size(job.width, job.height)
         common = make_common(ctx)
         steps = int(common["num_inference_steps"])
-        progress = _Progress(ctx, steps + max(1, int(steps * HIGHRES_STRENGTH)))
+        # At least one refining step (a 1-step job refines from scratch: diffusers refuses zero steps).
+        strength = max(HIGHRES_STRENGTH, 1 / steps)
+        progress = _Progress(ctx, steps + int(steps * strength))
         first = model.pipelines[JobKind.TEXT2IMG]
         small = call | {"width": width, "height": height, **_sdxl_size(model, width, height)}
         with torch.inference_mode():
@@ -157,7 +159,7 @@ class PassRunner:
         second = model.pipelines[JobKind.IMG2IMG]
         second.scheduler = first.scheduler
         refine = {key: value for key, value in call.items() if key not in ("width", "height")}
-        refine |= {"image": latents, "strength": HIGHRES_STRENGTH, "num_images_per_prompt": 1}
+        refine |= {"image": latents, "strength": strength, "num_images_per_prompt": 1}
         # One image per latent: each sample keeps drawing from its own seed.
         count = int(latents.shape[0])
         for key in ("prompt", "negative_prompt", "prompt_embeds", "negative_prompt_embeds"):
