@@ -49,11 +49,11 @@ LORA_STRENGTH_RANGE = (-4.0, 4.0)
 # Vendor flags this server accepts so clients keep working, but does not implement; `meta.unsupported` says so.
 # The generation routes run the four passes (api/schemas_passes.py) and drop them from this list; ControlNet does not.
 UNSUPPORTED_FLAGS: Final = {
-    "upscale": "not supported on generation endpoints; call super_resolution on the output",
-    "panorama": "panorama generation is not supported by this server",
-    "self_attention": "self-attention guidance is not supported by this server",
+    "upscale": "not run on ControlNet jobs; call super_resolution on the output",
+    "panorama": "not run on ControlNet jobs (text2img runs it)",
+    "self_attention": "not run on ControlNet jobs (text2img runs it)",
     "multi_lingual": "prompt translation is not supported by this server; send English prompts",
-    "highres_fix": "high-resolution fix is not supported by this server",
+    "highres_fix": "not run on ControlNet jobs (text2img runs it)",
 }
 
 
