@@ -131,6 +131,14 @@ class UnsupportedModelError(SdError):
     default_message = "The model is not of a supported family"
 
 
+class FeatureUnavailableError(SdError):
+    """An endpoint of the vendor's surface this server cannot serve (no model for it ships with it); the message
+    says what is missing."""
+
+    code = "feature_unavailable"
+    default_message = "This feature is not available on this server"
+
+
 class RateLimitedError(SdError):
     code = "rate_limited"
     default_message = "Rate limit exceeded"

@@ -27,6 +27,8 @@ DEFAULT_SAFETY_CHECKER: Final = True
 SAFETY_CHECKER_TYPES: Final = ("sensitive_content_text", "blur", "pixelate", "black")
 DEFAULT_CONDITIONING_SCALE: Final = 1.0
 DEFAULT_UPSCALE_SCALE: Final = 4.0
+# The Real-ESRGAN model the `upscale` generation pass runs (catalog.ids.DEFAULT_UPSCALER, the endpoint's default).
+DEFAULT_GENERATION_UPSCALER: Final = "realesr-general-x4v3"
 # The test engine's: few steps, and test-slow's pause per step.
 FAKE_DEFAULT_STEPS: Final = 4
 FAKE_DEFAULT_STEP_DELAY_S: Final = 0.2
@@ -43,6 +45,27 @@ class SchedulerChoice:
 
 # What `plan_scheduler` makes of the default name with the default flags (a test keeps the two equal).
 DEFAULT_SCHEDULER: Final = SchedulerChoice(DEFAULT_SCHEDULER_NAME, DEFAULT_KARRAS_SIGMAS, None)
+
+
+@dataclass(frozen=True)
+class GenerationPasses:
+    """Extra passes of a generation job (all off by default): `upscale_scale` > 1 runs the Real-ESRGAN model
+    `upscale_model` on the outputs; `highres_fix` generates at half size, upscales the latents and refines them at
+    the job's size; `panorama` runs MultiDiffusion; `self_attention` runs self-attention guidance (SAG);
+    `keep_box` (outpaint) keeps part of the init image exactly."""
+
+    upscale_scale: float = 1.0
+    upscale_model: str = DEFAULT_GENERATION_UPSCALER
+    highres_fix: bool = False
+    panorama: bool = False
+    self_attention: bool = False
+    # Inpainting (outpaint): the init image's pixels inside this (left, top, right, bottom) box are put back
+    # exactly after the run, so the original area of an extended canvas is unchanged.
+    keep_box: tuple[int, int, int, int] | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.upscale_scale > 1 or self.highres_fix or self.panorama or self.self_attention
 
 
 @dataclass(frozen=True)
@@ -72,6 +95,7 @@ class GenerationParams:
     mask_image_key: str | None = None
     # SDXL: run the last part of the denoising on the installed refiner (ignored by other families).
     refiner: bool = False
+    passes: GenerationPasses = field(default_factory=GenerationPasses)
 
 
 class ControlNetMode(StrEnum):

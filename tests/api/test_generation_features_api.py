@@ -118,14 +118,14 @@ def test_addons_change_the_output_and_the_next_plain_job_is_unchanged(
 
 
 def test_defaults_enhance_the_prompt_screen_and_merge_tokens(live: LiveServer, key: str, http: httpx.Client) -> None:
-    reply = generate(http, live, key, enhance_prompt=None, upscale="yes", panorama="no")
+    reply = generate(http, live, key, enhance_prompt=None, multi_lingual="yes", panorama="no", upscale="no")
     assert reply["status"] == "success", reply
     meta = reply["meta"]
     assert meta["prompt"] == "a photo of mystyle cat" + SUFFIX
     assert (meta["enhance_prompt"], meta["tomesd"], meta["safetychecker"]) == ("yes", "yes", "yes")
     assert meta["safety_checker_type"] == "sensitive_content_text"
     assert reply["nsfw_content_detected"] is False and len(meta["nsfw_scores"]) == 1
-    assert meta["upscale"] == "no" and list(meta["unsupported"]) == ["upscale"]
+    assert meta["upscale"] == "no" and list(meta["unsupported"]) == ["multi_lingual"]
     assert meta["file_prefix"] and reply["output"][0].rsplit("/", 1)[-1].startswith(meta["file_prefix"])
     off = generate(http, live, key, safety_checker="no", tomesd="no")
     assert (off["meta"]["safetychecker"], off["meta"]["tomesd"]) == ("no", "no")

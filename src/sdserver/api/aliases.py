@@ -90,6 +90,21 @@ SUPER_RESOLUTION_LIST_PATHS: tuple[str, ...] = (
     "/api/v1/enterprise/super_resolution/make",
 )
 
+
+# The image-editing family: each endpoint under the v6 path, the enterprise one and the v1 one.
+def editing_paths(name: str) -> tuple[str, ...]:
+    return (
+        f"/api/v6/image_editing/{name}",
+        f"/api/v1/enterprise/image_editing/{name}",
+        f"/api/v1/image_editing/{name}",
+    )
+
+
+OUTPAINT_PATHS: tuple[str, ...] = editing_paths("outpaint")
+OBJECT_REMOVAL_PATHS: tuple[str, ...] = editing_paths("object_removal")
+EDITING_INPAINT_PATHS: tuple[str, ...] = editing_paths("inpaint")
+REMOVEBG_MASK_PATHS: tuple[str, ...] = editing_paths("removebg_mask")
+
 CONTROLNET_PATHS: tuple[str, ...] = (
     "/api/v1/enterprise/controlnet",
     "/api/v1/enterprise/images/controlnet",

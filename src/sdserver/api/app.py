@@ -20,6 +20,7 @@ from sdserver.api.metrics import Metrics, RequestMetricsMiddleware
 from sdserver.api.replies import install_error_handlers, is_stablecog_path
 from sdserver.api.routes import (
     controlnet,
+    editing,
     files,
     generation,
     health,
@@ -54,6 +55,7 @@ ROUTERS = tuple(
         generation,
         controlnet,
         upscale,
+        editing,
         nsfw,
         models,
         server,

@@ -45,6 +45,7 @@ _TABLE: dict[str, ErrorReply] = {
     errors.ModelNotFoundError.code: ErrorReply(404, "not_found"),
     errors.UnsupportedModelError.code: ErrorReply(422, "unsupported_model"),
     errors.RateLimitedError.code: ErrorReply(429, "rate_limited"),
+    errors.FeatureUnavailableError.code: ErrorReply(501, "not_implemented"),
     errors.StorageError.code: ErrorReply(503, "storage_unavailable"),
     errors.StoreUnavailableError.code: ErrorReply(503, "store_unavailable"),
     errors.JobTimeoutError.code: ErrorReply(504, "timeout"),

@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 from sdserver.api.fields import Flag, LenientFloat, LenientInt, OptionalText, RequiredText, is_absent
 from sdserver.api.schemas import LenientRequest
 from sdserver.api.schemas_family import FamilyPlan, fields_not_applying, guidance_for, plan_family, side_for
+from sdserver.api.schemas_passes import UpscaleValue, asks_for
 from sdserver.catalog.families import FamilyInfo
 from sdserver.catalog.families.capabilities import (
     CLIP_SKIP,
@@ -46,12 +47,13 @@ MAX_LORAS = 5
 MAX_EMBEDDINGS = 8
 LORA_STRENGTH_RANGE = (-4.0, 4.0)
 # Vendor flags this server accepts so clients keep working, but does not implement; `meta.unsupported` says so.
+# The generation routes run the four passes (api/schemas_passes.py) and drop them from this list; ControlNet does not.
 UNSUPPORTED_FLAGS: Final = {
-    "upscale": "not supported on generation endpoints; call super_resolution on the output",
-    "panorama": "panorama generation is not supported by this server",
-    "self_attention": "self-attention guidance is not supported by this server",
+    "upscale": "not run on ControlNet jobs; call super_resolution on the output",
+    "panorama": "not run on ControlNet jobs (text2img runs it)",
+    "self_attention": "not run on ControlNet jobs (text2img runs it)",
     "multi_lingual": "prompt translation is not supported by this server; send English prompts",
-    "highres_fix": "high-resolution fix is not supported by this server",
+    "highres_fix": "not run on ControlNet jobs (text2img runs it)",
 }
 
 
@@ -138,11 +140,15 @@ class Text2ImgRequest(JobRequest):
     safety_checker_type: OptionalText = Field(
         default=None, description="What to do with flagged images: sensitive_content_text, blur, pixelate, black."
     )
-    upscale: Flag = Field(default=None, description="Accepted, not supported (see meta.unsupported).")
-    panorama: Flag = Field(default=None, description="Accepted, not supported (see meta.unsupported).")
-    self_attention: Flag = Field(default=None, description="Accepted, not supported (see meta.unsupported).")
+    upscale: UpscaleValue = Field(
+        default=None, description="yes (2x) or a factor 1–4: Real-ESRGAN upscales the outputs (docs/generation.md)."
+    )
+    panorama: Flag = Field(default=None, description="SD 1.x/2.x text2img: MultiDiffusion panorama (width > height).")
+    self_attention: Flag = Field(default=None, description="SD 1.x/2.x text2img: self-attention guidance (SAG).")
     multi_lingual: Flag = Field(default=None, description="Accepted, not supported (see meta.unsupported).")
-    highres_fix: Flag = Field(default=None, description="Accepted, not supported (see meta.unsupported).")
+    highres_fix: Flag = Field(
+        default=None, description="text2img: draw at half size, upscale the latents, refine at full size."
+    )
     loadbalancer: Flag = Field(default=None, description="Accepted; the job queue already spreads work.")
     refiner: Flag = Field(default=None, description="SDXL: finish the image on the installed SDXL refiner.")
 
@@ -204,7 +210,8 @@ class ResolvedGeneration:
             "embeddings": ",".join(params.embeddings) or None,
             "tomesd": "yes" if params.tomesd else "no",
             "enhance_prompt": "yes" if self.enhance_prompt else "no",
-            "upscale": "no",
+            "upscale": f"{params.passes.upscale_scale:g}" if params.passes.upscale_scale > 1 else "no",
+            **{name: "yes" for name in ("highres_fix", "panorama", "self_attention") if getattr(params.passes, name)},
             **({"unsupported": dict(self.unsupported)} if self.unsupported else {}),
             "temp": "yes" if self.temp else "no",
             "base64": "yes" if self.base64 else "no",
@@ -272,7 +279,7 @@ def resolve_generation(
         height=height,
         from_image=from_image,
         enhance_prompt=enhance,
-        unsupported={name: why for name, why in UNSUPPORTED_FLAGS.items() if getattr(request, name)} | ignored,
+        unsupported={name: why for name, why in UNSUPPORTED_FLAGS.items() if asks_for(request, name)} | ignored,
         webhook=check_webhook(request.webhook),
         track_id=request.track_id,
         instant_response=bool(request.instant_response),

@@ -23,6 +23,7 @@ from sdserver.api.schemas_generation import (
     Text2ImgRequest,
     resolve_generation,
 )
+from sdserver.api.schemas_passes import with_passes
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
 from sdserver.catalog.families import FamilyInfo
@@ -97,6 +98,7 @@ async def prepare_generation(
     resolved = resolve_generation(
         body, model_id=model_id, enhance_suffix=services.settings.enhance_prompt_suffix, family=family
     )
+    resolved = with_passes(resolved, body, kind, family)
     await run_in_threadpool(check_addons_exist, services, resolved, family)
     keys, links = allocate_outputs(services, resolved.params.samples, temp=resolved.temp)
     reply = _reply(resolved, body, path, keys)

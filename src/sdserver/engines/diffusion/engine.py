@@ -22,11 +22,13 @@ from sdserver.engines.diffusion.controlnet import ControlNetCache, run_controlne
 from sdserver.engines.diffusion.families import check_kind, detect_model
 from sdserver.engines.diffusion.footprint import WEIGHT_SUFFIXES, estimate_weight_bytes
 from sdserver.engines.diffusion.loader import LoadedModel, load_model
+from sdserver.engines.diffusion.passes import PassRunner
 from sdserver.engines.diffusion.pipelines import run_job
 from sdserver.engines.diffusion.refiner import NOT_INSTALLED, RefinerPlan, find_refiner_id
 from sdserver.engines.lru import FingerprintLRU
 from sdserver.engines.model_files import ModelFiles
 from sdserver.engines.precision import Placement, PrecisionSetting, choose_placement
+from sdserver.engines.upscale.engine import UpscaleEngine
 from sdserver.errors import JobErrorCode
 from sdserver.job_params import GenerationParams
 from sdserver.jobs import Job, JobKind
@@ -88,6 +90,10 @@ class DiffusionEngine:
         self._scan: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
         self._controlnets = ControlNetCache(self._models_dir, self.placement)
         self._files = files or ModelFiles(settings, objects)
+        # The `upscale` generation pass chains the super-resolution engine (its weight folder, its cache).
+        self._passes = PassRunner(
+            UpscaleEngine(settings, objects, device=self.placement.device, precision=precision, files=self._files)
+        )
         _quiet_libraries()
 
     def kinds(self) -> Collection[JobKind]:
@@ -113,6 +119,7 @@ class DiffusionEngine:
         self._loaded.clear()
         self._refiners.clear()
         self._controlnets.clear()
+        self._passes.clear()
         _free_memory()
 
     def run(self, jobs: Sequence[Job], ctx: Callable[[Job], StepContext]) -> list[EngineOutput]:
@@ -158,6 +165,7 @@ class DiffusionEngine:
             models_dir=self._models_dir,
             nsfw_threshold=self._nsfw_threshold,
             refiner=refiner,
+            passes=self._passes,
         )
 
     def _model(self, model_id: str, kinds: Collection[JobKind] = ()) -> LoadedModel:

@@ -18,6 +18,7 @@ from sdserver.engines.diffusion.conditioning import family_addons, family_clip_s
 from sdserver.engines.diffusion.families import check_kind
 from sdserver.engines.diffusion.finishing import FinishedImages, finish_images
 from sdserver.engines.diffusion.loader import LoadedModel
+from sdserver.engines.diffusion.passes import PassRunner, keep_original, pass_parameters
 from sdserver.engines.diffusion.refiner import RefinerPlan, run_refined
 from sdserver.engines.diffusion.schedulers import build_scheduler, family_scheduler
 from sdserver.engines.inputs import read_input_image
@@ -86,9 +87,11 @@ def run_job(
     models_dir: Path,
     nsfw_threshold: float = DEFAULT_NSFW_THRESHOLD,
     refiner: RefinerPlan | None = None,
+    passes: PassRunner | None = None,
 ) -> EngineOutput:
     """Make `samples` images for one job as one batch; raises JobFailed for inputs the job cannot use. `refiner`:
-    the SDXL refiner pass the job asked for (None: not asked, or not an SDXL model)."""
+    the SDXL refiner pass the job asked for (None: not asked, or not an SDXL model); `passes`: what runs the job's
+    `GenerationPasses` (None: a job asking for any fails)."""
     check_kind(model.model_id, model.info, model.capabilities, job.kind)
     params = job.params_as(GenerationParams)
     inputs = job_inputs(job, params, model)
@@ -98,13 +101,18 @@ def run_job(
     init, mask = _input_images(job, params, objects)
     addons, family_meta = family_addons(model, AddonRequest.from_params(params))
     with job_addons(pipeline, model.addons, addons, models_dir, inputs.seed) as addon_meta:
-        images = _generate(model, pipeline, job, inputs, ctx, skip, init, mask, refiner)
+        images = _generate(model, pipeline, job, inputs, ctx, skip, init, mask, refiner, passes)
+    if init is not None and mask is not None:
+        images = [paste_unmasked(image, init, mask) for image in images]
+    if init is not None and params.passes.keep_box is not None:
+        images = [keep_original(image, init, params.passes.keep_box) for image in images]
+    if params.passes.upscale_scale > 1:
+        images = _runner(passes).upscale(images, params.passes, ctx)
     extra = extra_parameters(inputs, addons, addon_meta, skip, from_image=init is not None)
+    extra |= {name: value for name, value in pass_parameters(params.passes).items() if extra.get(name) is None}
     if refiner is not None and refiner.model is not None:
         extra["Refiner"] = refiner.note
-    finished = finish_run(
-        images, job, inputs, init=init, mask=mask, nsfw_threshold=nsfw_threshold, extra_parameters=extra
-    )
+    finished = finish_run(images, job, inputs, nsfw_threshold=nsfw_threshold, extra_parameters=extra)
     meta = run_meta(inputs, model, skip) | addon_meta | family_meta | finished.meta
     if refiner is not None:
         meta["refiner"] = refiner.note
@@ -121,6 +129,7 @@ def _generate(
     init: Image.Image | None,
     mask: Image.Image | None,
     refiner: RefinerPlan | None,
+    passes: PassRunner | None = None,
 ) -> list[Image.Image]:
     kwargs = prompt_kwargs(model, pipeline, inputs.prompt, inputs.negative_prompt, skip)
     kwargs.update(size_kwargs(model, job.width, job.height))
@@ -133,6 +142,11 @@ def _generate(
     if init is not None and int(inputs.steps * inputs.strength) < 1:
         # No denoising step would run (diffusers refuses this): strength this low means "keep the image".
         return [init.copy() for _ in range(inputs.samples)]
+    planned = job.params_as(GenerationParams).passes
+    if planned.highres_fix or planned.panorama or planned.self_attention:
+        made = _runner(passes).generate(model, job, planned, kwargs, ctx, lambda step: common_kwargs(inputs, step))
+        if made is not None:
+            return made
     if refiner is not None and refiner.model is not None:
         return run_refined(
             pipeline,
@@ -150,6 +164,11 @@ def _generate(
         )
     with torch.inference_mode():
         return list(pipeline(**(common_kwargs(inputs, ctx) | kwargs)).images)
+
+
+def _runner(passes: PassRunner | None) -> PassRunner:
+    # Engines built without one (tests, tools) still run passes, without an upscaler.
+    return passes if passes is not None else PassRunner(None)
 
 
 def extra_parameters(
@@ -226,8 +245,8 @@ def finish_run(
     job: Job,
     inputs: JobInputs,
     *,
-    init: Image.Image | None,
-    mask: Image.Image | None,
+    init: Image.Image | None = None,
+    mask: Image.Image | None = None,
     nsfw_threshold: float,
     extra_parameters: dict[str, Any],
 ) -> FinishedImages:
