@@ -52,20 +52,22 @@ class GenerationPasses:
     """Extra passes of a generation job (all off by default): `upscale_scale` > 1 runs the Real-ESRGAN model
     `upscale_model` on the outputs; `highres_fix` generates at half size, upscales the latents and refines them at
     the job's size; `panorama` runs MultiDiffusion; `self_attention` runs self-attention guidance (SAG);
-    `keep_box` (outpaint) keeps part of the init image exactly."""
+    `keep_box` (outpaint) keeps part of the init image exactly; `face_enhance` restores the faces in the outputs
+    (the super-resolution engine's restorer, before any upscale)."""
 
     upscale_scale: float = 1.0
     upscale_model: str = DEFAULT_GENERATION_UPSCALER
     highres_fix: bool = False
     panorama: bool = False
     self_attention: bool = False
+    face_enhance: bool = False
     # Inpainting (outpaint): the init image's pixels inside this (left, top, right, bottom) box are put back
     # exactly after the run, so the original area of an extended canvas is unchanged.
     keep_box: tuple[int, int, int, int] | None = None
 
     @property
     def any(self) -> bool:
-        return self.upscale_scale > 1 or self.highres_fix or self.panorama or self.self_attention
+        return self.upscale_scale > 1 or self.highres_fix or self.panorama or self.self_attention or self.face_enhance
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ UNSUPPORTED_FLAGS: Final = {
     "self_attention": "not run on ControlNet jobs (text2img runs it)",
     "multi_lingual": "prompt translation is not supported by this server; send English prompts",
     "highres_fix": "not run on ControlNet jobs (text2img runs it)",
+    "face_enhance": "not run on ControlNet jobs (text2img, img2img and inpaint run it)",
 }
 
 
@@ -145,6 +146,9 @@ class Text2ImgRequest(JobRequest):
     )
     panorama: Flag = Field(default=None, description="SD 1.x/2.x text2img: MultiDiffusion panorama (width > height).")
     self_attention: Flag = Field(default=None, description="SD 1.x/2.x text2img: self-attention guidance (SAG).")
+    face_enhance: Flag = Field(
+        default=None, description="Restore the faces in the outputs with GFPGAN/CodeFormer (docs/face-enhance.md)."
+    )
     multi_lingual: Flag = Field(default=None, description="Accepted, not supported (see meta.unsupported).")
     highres_fix: Flag = Field(
         default=None, description="text2img: draw at half size, upscale the latents, refine at full size."
@@ -211,7 +215,11 @@ class ResolvedGeneration:
             "tomesd": "yes" if params.tomesd else "no",
             "enhance_prompt": "yes" if self.enhance_prompt else "no",
             "upscale": f"{params.passes.upscale_scale:g}" if params.passes.upscale_scale > 1 else "no",
-            **{name: "yes" for name in ("highres_fix", "panorama", "self_attention") if getattr(params.passes, name)},
+            **{
+                name: "yes"
+                for name in ("highres_fix", "panorama", "self_attention", "face_enhance")
+                if getattr(params.passes, name)
+            },
             **({"unsupported": dict(self.unsupported)} if self.unsupported else {}),
             "temp": "yes" if self.temp else "no",
             "base64": "yes" if self.base64 else "no",

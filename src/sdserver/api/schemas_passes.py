@@ -1,5 +1,5 @@
-"""The generation-pass fields (`upscale`, `highres_fix`, `panorama`, `self_attention`) in the vendor's spellings,
-checked against the job's kind, the model's family, the size and the scheduler, and turned into
+"""The generation-pass fields (`upscale`, `highres_fix`, `panorama`, `self_attention`, `face_enhance`) in the
+vendor's spellings, checked against the job's kind, the model's family, the size and the scheduler, and turned into
 `GenerationPasses`; a combination that cannot run is a field error naming the field, the rule and the value."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sdserver.jobs import JobKind
 if TYPE_CHECKING:
     from sdserver.api.schemas_generation import ResolvedGeneration, Text2ImgRequest
 
-PASS_FIELDS: Final = ("upscale", "highres_fix", "panorama", "self_attention")
+PASS_FIELDS: Final = ("upscale", "highres_fix", "panorama", "self_attention", "face_enhance")
 # `upscale: yes` doubles each side, as the vendor documents; a number is the factor itself.
 UPSCALE_YES: Final = 2.0
 UPSCALE_RANGE: Final = (1.0, 4.0)
@@ -107,6 +107,7 @@ def resolve_passes(
         highres_fix=bool(request.highres_fix),
         panorama=bool(request.panorama),
         self_attention=bool(request.self_attention),
+        face_enhance=bool(request.face_enhance),
     )
 
 

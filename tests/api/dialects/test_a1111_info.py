@@ -7,7 +7,7 @@ import io
 from PIL import Image
 
 from sdserver.api.dialects.a1111_info import parse_parameters, png_text
-from sdserver.api.dialects.a1111_schemas import lora_tags
+from sdserver.api.dialects.a1111_schemas import Txt2ImgRequest, lora_tags, native_fields
 from sdserver.engines.diffusion.finishing import encode_png_with_parameters
 
 
@@ -38,3 +38,10 @@ def test_png_text_reads_the_chunk_our_images_carry() -> None:
 def test_lora_tags_leave_the_prompt_and_become_loras() -> None:
     assert lora_tags("a cat <lora:ink:0.6>, <LORA:film> at dusk") == ("a cat , at dusk", ["ink", "film"], ["0.6", "1"])
     assert lora_tags("no tags") == ("no tags", [], [])
+
+
+def test_restore_faces_and_enable_hr_become_the_native_passes() -> None:
+    asked = native_fields(Txt2ImgRequest(prompt="a face", restore_faces=True, enable_hr="true"))
+    assert asked["face_enhance"] == "yes" and asked["highres_fix"] == "yes"
+    plain = native_fields(Txt2ImgRequest(prompt="a face", restore_faces=False))
+    assert "face_enhance" not in plain and "highres_fix" not in plain

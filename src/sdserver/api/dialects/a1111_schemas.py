@@ -37,6 +37,8 @@ class Txt2ImgRequest(LenientRequest):
     batch_size: LenientInt = Field(default=None, description="Images per batch; batch_size × n_iter ≤ 4.")
     n_iter: LenientInt = Field(default=None, description="Batches; batch_size × n_iter ≤ 4.")
     send_images: Flag = Field(default=None, description="false: the reply carries no images (default true).")
+    restore_faces: Flag = Field(default=None, description="Restore faces (GFPGAN/CodeFormer; docs/face-enhance.md).")
+    enable_hr: Flag = Field(default=None, description="txt2img: highres fix (draw at half size, refine at full).")
     override_settings: dict[str, Any] | None = Field(
         default=None, description="sd_model_checkpoint (a model id) and CLIP_stop_at_last_layers apply."
     )
@@ -150,6 +152,8 @@ def native_fields(request: Txt2ImgRequest) -> dict[str, Any]:
         "samples": image_total(request.batch_size, request.n_iter),
         # A1111 clients expect their prompt as written.
         "enhance_prompt": "no",
+        "face_enhance": "yes" if request.restore_faces else None,
+        "highres_fix": "yes" if request.enable_hr else None,
     }
     native |= sampler_for(request.sampler_name or request.sampler_index, request.scheduler)
     overrides = request.override_settings or {}

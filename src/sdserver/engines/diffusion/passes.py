@@ -60,6 +60,8 @@ def pass_parameters(passes: GenerationPasses) -> dict[str, Any]:
         extra["Panorama"] = "MultiDiffusion"
     if passes.self_attention:
         extra["SAG scale"] = SAG_SCALE
+    if passes.face_enhance:
+        extra["Face restoration"] = "yes"
     if passes.upscale_scale > 1:
         extra["Upscale"] = f"{passes.upscale_scale:g}x {passes.upscale_model}"
     return extra
@@ -122,6 +124,18 @@ class PassRunner:
             with torch.inference_mode():
                 return list(pipeline(**(make_common(ctx) | call)).images)
         return self._self_attention(model, call, ctx, make_common)
+
+    def restore_faces(
+        self, images: list[Image.Image], passes: GenerationPasses
+    ) -> tuple[list[Image.Image], dict[str, Any]]:
+        """The outputs with their faces restored, and what `meta` says of it (unchanged when not asked)."""
+        if not passes.face_enhance:
+            return images, {}
+        if self._upscalers is None:
+            raise JobFailed(JobErrorCode.FACE_ENHANCE_UNAVAILABLE, "face_enhance: this worker has no upscale engine")
+        results = [self._upscalers.restore_faces(image) for image in images]
+        meta = {"face_restorer": self._upscalers.face_restorer_name, "faces_restored": [r.faces for r in results]}
+        return [result.image for result in results], meta
 
     def upscale(self, images: list[Image.Image], passes: GenerationPasses, ctx: StepContext) -> list[Image.Image]:
         """The outputs upscaled by `passes.upscale_scale` (unchanged at 1)."""

@@ -106,6 +106,8 @@ def run_job(
         images = [paste_unmasked(image, init, mask) for image in images]
     if init is not None and params.passes.keep_box is not None:
         images = [keep_original(image, init, params.passes.keep_box) for image in images]
+    # Faces at the size they were drawn (the restorer works on 512×512 crops), then any upscale.
+    images, face_meta = _runner(passes).restore_faces(images, params.passes)
     if params.passes.upscale_scale > 1:
         images = _runner(passes).upscale(images, params.passes, ctx)
     extra = extra_parameters(inputs, addons, addon_meta, skip, from_image=init is not None)
@@ -113,7 +115,7 @@ def run_job(
     if refiner is not None and refiner.model is not None:
         extra["Refiner"] = refiner.note
     finished = finish_run(images, job, inputs, nsfw_threshold=nsfw_threshold, extra_parameters=extra)
-    meta = run_meta(inputs, model, skip) | addon_meta | family_meta | finished.meta
+    meta = run_meta(inputs, model, skip) | addon_meta | family_meta | face_meta | finished.meta
     if refiner is not None:
         meta["refiner"] = refiner.note
     return EngineOutput(images=finished.images, meta=meta)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import torch
+from PIL import Image
 
 from sdserver.catalog.layout import AddonKind, addon_dir, models_dir_for
 from sdserver.catalog.registry import ModelKind
@@ -20,7 +21,7 @@ from sdserver.engines.inputs import read_input_image
 from sdserver.engines.lru import FingerprintLRU
 from sdserver.engines.model_files import ModelFiles
 from sdserver.engines.precision import PrecisionSetting, choose_device
-from sdserver.engines.restore.enhance import FaceEnhancer
+from sdserver.engines.restore.enhance import EnhanceResult, FaceEnhancer
 from sdserver.engines.restore.restorer import RestorerWeightsMissingError, restorer_folder
 from sdserver.engines.upscale.archs import OFFICIAL_MODELS
 from sdserver.engines.upscale.runner import DEFAULT_TILE_PAD, Upscaler, output_size
@@ -167,6 +168,15 @@ class UpscaleEngine:
         )  # fmt: skip
         self._loaded.put(model_id, identity, upscaler)
         return upscaler
+
+    def restore_faces(self, image: Image.Image) -> EnhanceResult:
+        """`image` with every face found restored in place (same size): generation's face_enhance pass."""
+        self._face_restorer()
+        return self._faces.enhance(image, image)
+
+    @property
+    def face_restorer_name(self) -> str:
+        return self._faces.name
 
     def _face_restorer(self) -> None:
         try:
