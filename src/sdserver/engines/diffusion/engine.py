@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final
 
 import torch
 
+from sdserver.batch_keys import batch_key, is_solo
 from sdserver.catalog.families import ModelFamily
 from sdserver.catalog.families.capabilities import model_capabilities
 from sdserver.catalog.ids import is_valid_model_id
@@ -106,6 +107,15 @@ class DiffusionEngine:
             ids = on_disk | self._files.published(ModelKind.CHECKPOINT)
             self._scan = (now, ids)
         return ids
+
+    def batchable(self, job: Job) -> bool:
+        """May this job share a pipeline call with others (its batch key is not a solo one)? The worker waits for
+        batch-mates only for these."""
+        return job.kind in KINDS and not is_solo(batch_key(job.kind.value, job.params, unique=f"job:{job.id}"))
+
+    def device_free_bytes(self) -> int | None:
+        """Free memory on the engine's device now (None: unknown)."""
+        return self._free_bytes()
 
     def held_models(self) -> Collection[str]:
         return self._loaded.keys()
