@@ -1,4 +1,4 @@
-"""`python -m bench`: every #7 benchmark (P1–P8) in one process tree; a table, results/latest.json and charts.
+"""`python -m bench`: every benchmark (P1–P8 of #7, P9 of #16) in one process tree; a table, latest.json, charts.
 
 python -m bench                    # everything, full sizes (CPU; GPU sizes when CUDA is available)
 python -m bench --quick            # tiny sizes, seconds: a smoke check, its numbers mean nothing
@@ -38,6 +38,7 @@ BENCHMARKS = {
     "P6": "bench.p6_fetch",
     "P7": "bench.p7_affinity",
     "P8": "bench.p8_precision",
+    "P9": "bench.p9_batching",
 }
 RESULTS = Path(__file__).parent / "results"
 # Shared resources and the benchmarks that use them: each is freed once none of its users is left to run.
