@@ -39,7 +39,8 @@ def batch_key(kind: str, params: JobParams, *, unique: str) -> str:
     shared: dict[str, Any] = {name: _plain(getattr(params, name)) for name in SHARED_FIELDS}
     for spec in fields(GenerationParams):
         name = spec.name
-        if name in PER_JOB_FIELDS or name in SHARED_FIELDS or (name == "strength" and kind == "img2img"):
+        # The strength is shared in img2img (below) and unused by text2img.
+        if name in PER_JOB_FIELDS or name in SHARED_FIELDS or name == "strength":
             continue
         if getattr(params, name) != getattr(_DEFAULTS, name):
             return _solo(unique)
