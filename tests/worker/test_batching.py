@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from sdserver.catalog.schedulers import plan_scheduler
 from sdserver.engines.base import EngineOutput, StepContext
@@ -22,7 +23,7 @@ from sdserver.jobs import Job, JobKind, JobSpec, JobStatus
 from sdserver.objects.base import make_object_key
 from sdserver.worker.batching import CPU_MAX_BATCH, resolve_max_batch, worker_max_batch
 from sdserver.worker.loop import Worker
-from tests.support.tiny_sd import make_tiny_model, pixels
+from tests.support.tiny_sd import make_tiny_model, pixels, png_bytes
 from tests.worker.test_loop import Harness, close_harness, make_settings, open_harness
 
 pytestmark = [
@@ -43,7 +44,7 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     close_harness(built)
 
 
-def submit(harness: Harness, index: int, **params: Any) -> Job:
+def submit(harness: Harness, index: int, kind: JobKind = JobKind.TEXT2IMG, **params: Any) -> Job:
     keys = (make_object_key("outputs", "png", temp=False),)
     values: dict[str, Any] = {"prompt": f"a photo of a cat number {index}", "seed": 100 + index, "steps": STEPS}
     values |= {
@@ -53,7 +54,7 @@ def submit(harness: Harness, index: int, **params: Any) -> Job:
     }
     spec = JobSpec(
         owner_key_id=1,
-        kind=JobKind.TEXT2IMG,
+        kind=kind,
         model_id=MODEL,
         params=GenerationParams(**(values | params)),
         output_keys=keys,
@@ -163,6 +164,19 @@ def test_a_cancel_inside_a_batch_cancels_only_that_job(harness: Harness) -> None
         assert job.result["batch_size"] == 3
         [alone] = engine.inner.run([job], lambda _job: _Quiet())
         assert np.abs(pixels(harness.objects.get(job.output_keys[0])) - pixels(alone.images[0])).mean() <= 1.0
+
+
+def test_one_job_with_an_unusable_input_fails_alone(harness: Harness) -> None:
+    picture = Image.new("RGB", (64, 64), (200, 40, 40))
+    init = harness.objects.put(make_object_key("uploads", "png", temp=False), png_bytes(picture), "image/png").key
+    good = [submit(harness, index, JobKind.IMG2IMG, init_image_key=init) for index in range(2)]
+    bad = submit(harness, 5, JobKind.IMG2IMG, init_image_key="uploads/gone.png")
+    with Running(harness, engine_for(harness), max_batch=4, window_s=0.0):
+        done = [harness.wait_terminal(job.id, timeout=120) for job in [*good, bad]]
+    assert [job.status for job in done] == [JobStatus.SUCCEEDED, JobStatus.SUCCEEDED, JobStatus.FAILED]
+    assert done[2].error_code == "image_not_found"
+    # Its mates reran alone after the batch failed on its input.
+    assert [job.result["batch_size"] for job in done[:2]] == [1, 1]
 
 
 def test_batch_size_setting_and_automatic_default() -> None:

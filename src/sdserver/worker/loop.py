@@ -249,6 +249,10 @@ class Worker:
             self._settle_stopped(runs)
             return True
         except DeviceOutOfMemory as exc:
+            if len(runs) > 1:
+                # A batch too big for the device: each job gets its own try, alone.
+                log.warning("batch of %d jobs ran out of memory; running them one by one", len(runs))
+                return all(self._execute(engine, [run]) for run in runs if not run.settled)
             # The engine freed what it could before raising; the next job gets a clean device.
             self._fail(runs, JobErrorCode.OUT_OF_MEMORY, f"The device ran out of memory running this job: {exc}")
             return True
