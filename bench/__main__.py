@@ -38,6 +38,7 @@ BENCHMARKS = {
     "P6": "bench.p6_fetch",
     "P7": "bench.p7_affinity",
     "P8": "bench.p8_precision",
+    "P9": "bench.p9_batching",
     "P10": "bench.p10_eta",
 }
 RESULTS = Path(__file__).parent / "results"

@@ -16,6 +16,7 @@ KEY_FIGURES: dict[str, tuple[str, ...]] = {
     "P6": ("p50_ms", "p99_ms", "fetches"),
     "P7": ("loads_affinity", "loads_round_robin"),
     "P8": ("chosen_median_s", "fp32_median_s", "relative_output_difference"),
+    "P9": ("jobs_per_s_on", "jobs_per_s_off", "p99_on_vs_single"),
 }
 
 

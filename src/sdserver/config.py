@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     codeformer_fidelity: float = Field(default=0.5, ge=0.0, le=1.0)
     # Diffusion models a worker keeps loaded (least recently used goes first).
     diffusion_max_loaded: int = Field(default=1, ge=1, le=16)
+    # Generation jobs a worker runs as one pipeline call when their settings match (docs/batching.md); 0: automatic
+    # (4 on CPU; on CUDA from the free memory, at most 16). 1 turns batching off.
+    max_batch: int = Field(default=0, ge=0, le=64)
+    # How long a worker that claimed fewer jobs than max_batch waits for more batch-mates before it starts.
+    batch_window_ms: float = Field(default=20.0, ge=0.0, le=2000.0)
     # The SDXL refiner `refiner: yes` runs with (a model id of family sdxl_refiner). Unset: the one installed
     # sdxl_refiner model, if there is exactly one.
     sdxl_refiner: str | None = None

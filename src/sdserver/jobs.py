@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, TypeVar
 
+from sdserver.batch_keys import batch_key
 from sdserver.job_params import (
     ControlNetParams,
     FakeParams,
@@ -111,8 +112,10 @@ class JobSpec:
 
     @property
     def batch_signature(self) -> str:
-        """Jobs with the same signature can run as one batch on one loaded model."""
-        return batch_signature(self.kind, self.model_id, self.width, self.height, self.steps, self.scheduler)
+        """Jobs with the same signature can run as one batch on one loaded model (see batch_keys.py)."""
+        base = batch_signature(self.kind, self.model_id, self.width, self.height, self.steps, self.scheduler)
+        key = batch_key(self.kind.value, self.params, unique="|".join(self.output_keys[:1]) or str(id(self)))
+        return f"{base}|{key}" if key else base
 
 
 def batch_signature(kind: JobKind, model_id: str, width: int, height: int, steps: int, scheduler: str) -> str:

@@ -490,6 +490,64 @@ def test_batch_claims_only_jobs_with_the_same_signature(store: JobStore) -> None
     assert [job.id for job in store.claim("w", lease_s=LEASE, max_batch=4)] == xs[4:]
 
 
+def _generation_spec(index: int, **params: Any) -> JobSpec:
+    values: dict[str, Any] = {"prompt": f"prompt {index}", "seed": index, "steps": 10} | params
+    return make_spec(params=GenerationParams(**values), output_keys=(f"outputs/{index}.png",))
+
+
+def test_generation_jobs_batch_by_their_shared_settings_and_never_when_they_must_run_alone(store: JobStore) -> None:
+    # Other prompts and seeds share a batch; another guidance, a refiner pass or an inpaint mask do not.
+    mates = [store.submit(_generation_spec(index)) for index in range(3)]
+    other_guidance = store.submit(_generation_spec(3, guidance_scale=2.0))
+    refined = [store.submit(_generation_spec(index, refiner=True)) for index in (4, 5)]
+    assert [job.id for job in store.claim("w", lease_s=LEASE, max_batch=8)] == [job.id for job in mates]
+    assert [job.id for job in store.claim("w", lease_s=LEASE, max_batch=8)] == [other_guidance.id]
+    assert [job.id for job in store.claim("w", lease_s=LEASE, max_batch=8)] == [refined[0].id]
+    assert [job.id for job in store.claim("w", lease_s=LEASE, max_batch=8)] == [refined[1].id]
+
+
+def test_claim_mates_takes_later_jobs_with_the_head_signature(store: JobStore, db: Db) -> None:
+    store.submit(make_spec())
+    [head] = store.claim("w", lease_s=LEASE, max_batch=4)
+    later = [store.submit(make_spec(scheduler=name)) for name in ("DPMSolverMultistepScheduler", "other")] + [
+        store.submit(make_spec()) for _ in range(3)
+    ]
+    db.clock.advance(5)
+    mates = store.claim_mates("w", head.id, limit=2, lease_s=LEASE)
+    assert [job.id for job in mates] == [later[0].id, later[2].id]
+    assert all(job.status is JobStatus.RUNNING and job.worker_id == "w" and job.attempts == 1 for job in mates)
+    assert all(job.lease_expires_at == db.clock.now + timedelta(seconds=LEASE) for job in mates)
+    # Another worker's head, a settled head, or no room: nothing is taken.
+    assert store.claim_mates("other", head.id, limit=2, lease_s=LEASE) == []
+    assert store.claim_mates("w", head.id, limit=0, lease_s=LEASE) == []
+    store.complete(head.id, "w", result={}, seconds_per_step=None)
+    assert store.claim_mates("w", head.id, limit=2, lease_s=LEASE) == []
+    assert store.get(later[3].id, owner_key_id=None).status is JobStatus.QUEUED
+
+
+def test_racing_claim_mates_take_each_job_once(db: Db) -> None:
+    stores = [db.store(real_clock=True) for _ in range(4)]
+    heads = [stores[0].submit(make_spec()) for _ in range(4)]
+    claimed_heads = [stores[index].claim(f"w{index}", lease_s=LEASE)[0] for index in range(4)]
+    assert sorted(job.id for job in claimed_heads) == sorted(job.id for job in heads)
+    queued = [stores[0].submit(make_spec()).id for _ in range(40)]
+    results: dict[int, list[int]] = {}
+
+    def claimer(index: int) -> None:
+        got: list[int] = []
+        while mates := stores[index].claim_mates(f"w{index}", claimed_heads[index].id, limit=3, lease_s=LEASE):
+            time.sleep(0.002)
+            got += [job.id for job in mates]
+        results[index] = got
+
+    race(len(stores), claimer)
+    taken = [job_id for got in results.values() for job_id in got]
+    assert sorted(taken) == sorted(queued)
+    jobs_now = [stores[0].get(job_id, owner_key_id=None) for job_id in queued]
+    owner = {job_id: f"w{index}" for index, got in results.items() for job_id in got}
+    assert all(job.status is JobStatus.RUNNING and job.worker_id == owner[job.id] for job in jobs_now)
+
+
 def test_claim_honours_model_and_kind_filters(store: JobStore) -> None:
     text = store.submit(make_spec(model_id="model-a"))
     image = store.submit(make_spec(kind=JobKind.IMG2IMG, model_id="model-b"))

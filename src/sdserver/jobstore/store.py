@@ -208,29 +208,25 @@ class JobStore:
             ids = [head_id]
             if max_batch > 1:
                 ids += batch_mates(conn, head_id, signature, max_batch - 1)
-            _move(
-                conn,
-                ids,
-                JobStatus.QUEUED,
-                JobStatus.RUNNING,
-                worker_id=worker_id,
-                lease_expires_at=now + timedelta(seconds=lease_s),
-                attempts=jobs.c.attempts + 1,
-                started_at=sa.func.coalesce(jobs.c.started_at, sa.literal(now, jobs.c.started_at.type)),
-                progress_step=0,
-                progress_total=0,
-                progress_at=None,
-                # The worker loads the model first: the ETA of these jobs includes that load.
-                load_expected=head_model not in set(held_models),
-                cancel_requested=False,
-            )
-            rows = conn.execute(
-                sa.select(jobs).where(
-                    jobs.c.id.in_(ids), jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker_id == worker_id
-                )
-            ).all()
-        rank = {job_id: index for index, job_id in enumerate(ids)}
-        return sorted((job_from_row(row) for row in rows), key=lambda job: rank[job.id])
+            # The worker loads the model first unless it holds it: the ETA of these jobs includes that load.
+            return _take(conn, ids, worker_id, now, lease_s, load_expected=head_model not in set(held_models))
+
+    def claim_mates(self, worker_id: str, head_id: int, *, limit: int, lease_s: float) -> list[Job]:
+        """Claim up to `limit` more queued jobs that can share a batch with `head_id` (a job this worker runs now),
+        oldest first, leased like `claim`'s; none when the head is no longer this worker's."""
+        if limit < 1:
+            return []
+        now = self._now()
+        head = sa.select(jobs.c.batch_signature, jobs.c.load_expected).where(
+            jobs.c.id == head_id, jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker_id == worker_id
+        )
+        with self._write() as conn:
+            row = conn.execute(head).first()
+            if row is None:
+                return []
+            ids = batch_mates(conn, head_id, str(row.batch_signature), limit)
+            # Mates join the head's run: they wait for its load too, if it has one.
+            return _take(conn, ids, worker_id, now, lease_s, load_expected=bool(row.load_expected)) if ids else []
 
     def heartbeat(self, job_ids: Sequence[int], worker_id: str, *, lease_s: float) -> dict[int, bool]:
         if not job_ids:
@@ -454,6 +450,34 @@ _REQUEUE_VALUES: dict[str, Any] = {
     "progress_step": 0,
     "progress_total": 0,
 }
+
+
+def _take(
+    conn: Connection, ids: list[int], worker_id: str, now: datetime, lease_s: float, *, load_expected: bool
+) -> list[Job]:
+    """Move the locked queued jobs `ids` to running under `worker_id`; returns them in the order of `ids`."""
+    _move(
+        conn,
+        ids,
+        JobStatus.QUEUED,
+        JobStatus.RUNNING,
+        worker_id=worker_id,
+        lease_expires_at=now + timedelta(seconds=lease_s),
+        attempts=jobs.c.attempts + 1,
+        started_at=sa.func.coalesce(jobs.c.started_at, sa.literal(now, jobs.c.started_at.type)),
+        progress_step=0,
+        progress_total=0,
+        progress_at=None,
+        load_expected=load_expected,
+        cancel_requested=False,
+    )
+    rows = conn.execute(
+        sa.select(jobs).where(
+            jobs.c.id.in_(ids), jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker_id == worker_id
+        )
+    ).all()
+    rank = {job_id: index for index, job_id in enumerate(ids)}
+    return sorted((job_from_row(row) for row in rows), key=lambda job: rank[job.id])
 
 
 def _move(

@@ -43,6 +43,8 @@ PROGRESS_MIN_INTERVAL_S: Final = 0.25
 # Longest idle wait: PostgreSQL wakes the worker on NOTIFY sooner; this bounds how late a stop is seen.
 IDLE_WAIT_S: Final = 1.0
 MAX_BACKOFF_S: Final = 5.0
+# Within the batch window, the longest pause between two looks for batch-mates.
+BATCH_POLL_S: Final = 0.005
 
 
 def backoff_delay(failures: int) -> float:
@@ -79,6 +81,10 @@ class _Run:
         # Read through a call: the heartbeat thread may set `lost` between two checks of the attribute.
         return self.lost
 
+    def is_settled(self) -> bool:
+        # Read through a call: settling a job cancelled inside its batch happens in the engine's step callback.
+        return self.settled
+
 
 class _JobContext:
     """The `StepContext` the engine gets for one job of the batch."""
@@ -104,6 +110,7 @@ class Worker:
         grace_s: float = 30.0,
         device: str = "cpu",
         max_batch: int = 1,
+        batch_window_s: float = 0.0,
         idle_wait_s: float = IDLE_WAIT_S,
         control: WorkerControl | None = None,
     ) -> None:
@@ -113,6 +120,7 @@ class Worker:
         self.worker_id = worker_id
         self._grace_s, self._device, self._max_batch = grace_s, device, max_batch
         self._idle_wait_s = idle_wait_s
+        self._batch_window_s = batch_window_s
         self._control = control
         self._lease_s = settings.job_lease_s
         self._beat_s = settings.job_lease_s / 3
@@ -185,12 +193,30 @@ class Worker:
                 models=engine.models(),
                 held_models=self._held,
                 lease_s=self._lease_s,
-                max_batch=self._max_batch,
+                # Engines that cannot batch (no `batchable`) run one job per claim.
+                max_batch=self._max_batch if getattr(engine, "batchable", None) else 1,
             )
             if claimed:
                 self._next_engine = (index + 1) % len(self._engines)
-                return engine, claimed
+                return engine, self._gather_mates(engine, claimed)
         return None
+
+    def _gather_mates(self, engine: Engine, claimed: list[Job]) -> list[Job]:
+        """A batch with room left waits up to the batch window for jobs that can share its pipeline call."""
+        batchable = getattr(engine, "batchable", None)
+        room = self._max_batch - len(claimed)
+        if room <= 0 or self._batch_window_s <= 0 or batchable is None or not batchable(claimed[0]):
+            return claimed
+        deadline = time.monotonic() + self._batch_window_s
+        while room > 0 and (left := deadline - time.monotonic()) > 0:
+            self._jobs.wait_for_work(left)
+            mates = self._jobs.claim_mates(self.worker_id, claimed[0].id, limit=room, lease_s=self._lease_s)
+            if not mates:
+                # Wake-ups may come from other writes: never spin on the database.
+                self._stop.wait(min(left, BATCH_POLL_S))
+            claimed += mates
+            room -= len(mates)
+        return claimed
 
     def _process(self, engine: Engine, jobs: list[Job]) -> bool:
         """Run one claimed batch to a settled state. False: the device failed and the worker must exit."""
@@ -227,6 +253,10 @@ class Worker:
             self._settle_stopped(runs)
             return True
         except DeviceOutOfMemory as exc:
+            if len(runs) > 1:
+                # A batch too big for the device: each job gets its own try, alone.
+                log.warning("batch of %d jobs ran out of memory; running them one by one", len(runs))
+                return all(self._execute(engine, [run]) for run in runs if not run.settled)
             # The engine freed what it could before raising; the next job gets a clean device.
             self._fail(runs, JobErrorCode.OUT_OF_MEMORY, f"The device ran out of memory running this job: {exc}")
             return True
@@ -236,6 +266,9 @@ class Worker:
             )
             return False
         except JobFailed as exc:
+            if len(runs) > 1:
+                # One job's unusable input must not fail its batch-mates: each runs alone for its own outcome.
+                return all(self._execute(engine, [run]) for run in runs if not run.settled)
             # An expected, explained failure (missing weights, unusable input): no traceback needed.
             self._fail(runs, exc.code, exc.message)
             return True
@@ -250,12 +283,14 @@ class Worker:
             )
             return True
         for run, output in zip(runs, outputs, strict=True):
-            self._finish(run, output, elapsed)
+            self._finish(run, output, elapsed, batch_size=len(runs))
         return True
 
-    def _finish(self, run: _Run, output: EngineOutput, elapsed_s: float) -> None:
+    def _finish(self, run: _Run, output: EngineOutput, elapsed_s: float, *, batch_size: int = 1) -> None:
         """Write the images, then complete: a `success` must always point at readable objects."""
         job = run.job
+        if run.is_settled():  # cancelled while its batch-mates ran on
+            return
         if run.lost:
             log.warning("job %s: lease lost while running; result dropped", job.id)
             return
@@ -276,6 +311,8 @@ class Worker:
             log.warning("job %s: lease lost while storing outputs; result dropped", job.id)
             return
         cost = run.timing.cost(elapsed_s)
+        # A batch's jobs shared one run: each is charged its share, the cost the queue's ETA should expect per job.
+        run_seconds = cost.run_seconds / batch_size if cost.run_seconds is not None else None
         steps = run.total_steps or job.steps
         per_step = run.timing.step_seconds() or (cost.run_seconds / steps if steps > 0 and cost.run_seconds else None)
         self._settle(
@@ -286,7 +323,7 @@ class Worker:
                 self.worker_id,
                 result=dict(output.meta),
                 seconds_per_step=per_step,
-                run_seconds=cost.run_seconds,
+                run_seconds=run_seconds,
                 load_seconds=cost.load_seconds,
             ),
         )
@@ -313,6 +350,8 @@ class Worker:
         """The engine stopped early: cancelled jobs are marked so, the rest go back to the queue on a stop."""
         releasing = self._past_grace()
         for run in runs:
+            if run.settled:
+                continue
             if run.lost:
                 log.warning("job %s: lease lost while running; stopped", run.job.id)
             elif run.cancel:
@@ -325,7 +364,7 @@ class Worker:
 
     def _fail(self, runs: Sequence[_Run], code: JobErrorCode, message: str) -> None:
         for run in runs:
-            if run.lost:
+            if run.lost or run.settled:
                 continue
             log.warning(
                 "job %s failed (%s): %s after %.1f s: %s", run.job.id, code, run.describe(), run.seconds(), message
@@ -350,7 +389,9 @@ class Worker:
         run.total_steps = total
         now = time.monotonic()
         run.timing.on_step(done, now)
-        if now - run.last_report >= PROGRESS_MIN_INTERVAL_S or done >= total:
+        if run.settled:
+            pass  # cancelled inside its batch: nothing more to report
+        elif now - run.last_report >= PROGRESS_MIN_INTERVAL_S or done >= total:
             run.last_report = now
             try:
                 if self._jobs.report_progress(run.job.id, self.worker_id, step=done, total=total):
@@ -363,6 +404,9 @@ class Worker:
             raise JobCancelled("the worker is stopping and the grace period has passed")
         if all(member.cancel or member.lost for member in batch):
             raise JobCancelled("cancel requested" if run.cancel else "lease lost")
+        if run.cancel and not (run.settled or run.lost):
+            # Cancelled while its batch-mates go on: it leaves the batch now (its images will be dropped).
+            self._cancelled(run)
 
     def _past_grace(self) -> bool:
         if not self._stop.is_set():

@@ -23,6 +23,7 @@ from sdserver.engines.factory import build_engines
 from sdserver.jobstore.control import CommandWatcher, ControlStore
 from sdserver.logs import LOG_FORMATS, configure_logging
 from sdserver.objects.switching import SwitchingObjectStore, follow_storage, open_switching_store
+from sdserver.worker.batching import worker_max_batch
 from sdserver.worker.control import WorkerControl
 from sdserver.worker.loop import EXIT_OK, Worker, backoff_delay
 
@@ -104,7 +105,15 @@ def run_worker(
         if control is None:
             return EXIT_OK
         worker = Worker(
-            settings, jobs, objects, engines, worker_id or make_worker_id(), grace_s=grace_s, control=control
+            settings,
+            jobs,
+            objects,
+            engines,
+            worker_id or make_worker_id(),
+            grace_s=grace_s,
+            control=control,
+            max_batch=worker_max_batch(settings.max_batch, engines),
+            batch_window_s=settings.batch_window_ms / 1000,
         )
         with _stop_on_signals(stop):
             return worker.run(stop)

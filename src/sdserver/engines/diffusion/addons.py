@@ -205,7 +205,7 @@ def _apply_tome(pipeline: Any, seed: int) -> str | None:
     except ImportError as exc:
         return f"tomesd is not installed ({exc})"
     try:
-        tomesd.apply_patch(pipeline, ratio=TOME_RATIO, max_downsample=TOME_MAX_DOWNSAMPLE)
+        tomesd.apply_patch(pipeline, ratio=TOME_RATIO, max_downsample=TOME_MAX_DOWNSAMPLE, use_rand=False)
     except (RuntimeError, AttributeError, TypeError) as exc:
         tomesd.remove_patch(pipeline)
         return f"tomesd cannot patch this model ({exc})"

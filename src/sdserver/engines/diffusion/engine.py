@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Final
 
 import torch
 
+from sdserver.batch_keys import batch_key, is_solo
 from sdserver.catalog.families import ModelFamily
 from sdserver.catalog.families.capabilities import model_capabilities
 from sdserver.catalog.ids import is_valid_model_id
 from sdserver.catalog.layout import ModelSource, find_model, list_models, models_dir_for
 from sdserver.catalog.registry import ModelKind
 from sdserver.engines.base import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobFailed, StepContext
+from sdserver.engines.diffusion.batching import batch_groups, run_batch
 from sdserver.engines.diffusion.controlnet import ControlNetCache, run_controlnet_job
 from sdserver.engines.diffusion.families import check_kind, detect_model
 from sdserver.engines.diffusion.footprint import WEIGHT_SUFFIXES, estimate_weight_bytes
@@ -112,6 +114,15 @@ class DiffusionEngine:
             self._scan = (now, ids)
         return ids
 
+    def batchable(self, job: Job) -> bool:
+        """May this job share a pipeline call with others (its batch key is not a solo one)? The worker waits for
+        batch-mates only for these."""
+        return job.kind in KINDS and not is_solo(batch_key(job.kind.value, job.params, unique=f"job:{job.id}"))
+
+    def device_free_bytes(self) -> int | None:
+        """Free memory on the engine's device now (None: unknown)."""
+        return self._free_bytes()
+
     def held_models(self) -> Collection[str]:
         return self._loaded.keys()
 
@@ -133,7 +144,7 @@ class DiffusionEngine:
             self._files.ensure_job(job)
         try:
             model = self._model(jobs[0].model_id, {job.kind for job in jobs})
-            return [self._run_one(model, job, ctx(job)) for job in jobs]
+            return self._run_groups(model, jobs, ctx)
         except torch.OutOfMemoryError:
             pass
         except torch.AcceleratorError as exc:
@@ -142,6 +153,23 @@ class DiffusionEngine:
         # Outside the except block, so the traceback no longer pins this run's tensors when memory is freed.
         _free_memory()
         raise DeviceOutOfMemory(f"out of memory on {self.placement.device} running model {jobs[0].model_id}")
+
+    def _run_groups(
+        self, model: LoadedModel, jobs: Sequence[Job], ctx: Callable[[Job], StepContext]
+    ) -> list[EngineOutput]:
+        """Jobs that share a batch key run as one pipeline call (batching.py), the rest one by one; `meta.batch_size`
+        says how many jobs shared each one's forward passes."""
+        outputs: dict[int, EngineOutput] = {}
+        for group in batch_groups(jobs):
+            if len(group) > 1:
+                done = run_batch(
+                    model, group, self._objects, ctx, models_dir=self._models_dir, nsfw_threshold=self._nsfw_threshold
+                )
+            else:
+                alone = self._run_one(model, group[0], ctx(group[0]))
+                done = [EngineOutput(images=alone.images, meta=alone.meta | {"batch_size": 1})]
+            outputs.update(zip((job.id for job in group), done, strict=True))
+        return [outputs[job.id] for job in jobs]
 
     def _run_one(self, model: LoadedModel, job: Job, ctx: StepContext) -> EngineOutput:
         if job.kind is JobKind.CONTROLNET:

@@ -98,7 +98,7 @@ def run_job(
     pipeline = model.pipelines[job.kind]
     pipeline.scheduler = build_scheduler(inputs.scheduler, model.scheduler_config, inputs.seed)
     skip = family_clip_skip(model, inputs.clip_skip)
-    init, mask = _input_images(job, params, objects)
+    init, mask = input_images(job, params, objects)
     addons, family_meta = family_addons(model, AddonRequest.from_params(params))
     with job_addons(pipeline, model.addons, addons, models_dir, inputs.seed) as addon_meta:
         images = _generate(model, pipeline, job, inputs, ctx, skip, init, mask, refiner, passes)
@@ -137,6 +137,9 @@ def _generate(
     kwargs.update(size_kwargs(model, job.width, job.height))
     if init is None:
         kwargs.update(height=job.height, width=job.width)
+    elif mask is None:
+        # One init image per sample: SD3's img2img encodes image i with generator i and has no image i otherwise.
+        kwargs.update(image=[init] * inputs.samples, strength=inputs.strength)
     else:
         kwargs.update(image=init, strength=inputs.strength)
     if mask is not None:
@@ -190,7 +193,7 @@ def extra_parameters(
     }
 
 
-def _input_images(
+def input_images(
     job: Job, params: GenerationParams, objects: ObjectStore
 ) -> tuple[Image.Image | None, Image.Image | None]:
     """(init image, mask) as the job's kind needs them, at the job's size."""
