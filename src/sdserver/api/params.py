@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from sdserver.errors import ValidationError
@@ -50,7 +51,11 @@ async def _read_body(request: Request, content_type: str) -> tuple[dict[str, Any
     raw = b"" if content_type == _MULTIPART else await request.body()
     # `curl -d '{"key": ...}'` labels a JSON body as a form: the body's first character decides, not the label.
     if content_type == _MULTIPART or (content_type == _URLENCODED and not raw.lstrip().startswith(b"{")):
-        form = await request.form()
+        try:
+            form = await request.form()
+        except HTTPException as exc:
+            # Starlette's answer to a malformed multipart body; ours goes through the error table like any other.
+            raise ValidationError.for_field("body", "must be well-formed form data", exc.detail) from None
         for name, item in form.multi_items():
             if isinstance(item, UploadFile):
                 files.setdefault(name, item)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,17 @@ _STABLECOG_DESCRIPTIONS = {
 
 def error_reply_for(code: str) -> ErrorReply:
     return _TABLE.get(code, _TABLE[errors.SdError.code])
+
+
+def error_codes_by_status(codes: Iterable[str]) -> dict[int, list[str]]:
+    """Error codes grouped by the HTTP status the table answers them with (for /openapi.json); each code must be
+    in the table, so a route cannot document an error this module would not answer as declared."""
+    grouped: dict[int, list[str]] = {}
+    for code in dict.fromkeys(codes):
+        if code not in _TABLE:
+            raise KeyError(f"error code {code!r} is not in the error table")
+        grouped.setdefault(_TABLE[code].http_status, []).append(code)
+    return dict(sorted(grouped.items()))
 
 
 def is_stablecog_path(path: str) -> bool:

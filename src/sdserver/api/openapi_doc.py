@@ -1,0 +1,40 @@
+"""/openapi.json: FastAPI's document, plus the request schemas of the bodies handlers validate themselves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from sdserver.api.schemas import request_schemas
+
+# FastAPI documents a 422 with its own body on every route that has parameters; ours never send it: a request
+# FastAPI cannot validate is answered through the error table (api.replies), like every other error.
+_FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Make `app.openapi()` (and so /openapi.json, /docs, /redoc) serve the finished document."""
+    build = app.openapi
+
+    def document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _finish(build())
+        return app.openapi_schema
+
+    app.openapi = document  # type: ignore[method-assign]
+
+
+def _finish(document: dict[str, Any]) -> dict[str, Any]:
+    ref = f"#/components/schemas/{_FASTAPI_VALIDATION[0]}"
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            reply = operation.get("responses", {}).get("422", {})
+            if reply.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref") == ref:
+                del operation["responses"]["422"]
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for name in _FASTAPI_VALIDATION:
+        schemas.pop(name, None)
+    for name, schema in request_schemas().items():
+        schemas.setdefault(name, schema)
+    return document

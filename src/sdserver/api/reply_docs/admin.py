@@ -1,0 +1,171 @@
+"""Reply shapes of server management (system_details … update_s3), of /healthz and of /files."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NotRequired
+
+from pydantic import with_config
+from typing_extensions import TypedDict
+
+from sdserver.api.reply_docs.declare import ADMIN_CODES, Replies
+from sdserver.api.reply_docs.envelopes import CLOSED
+from sdserver.catalog.registry import ModelKind, ModelState
+from sdserver.errors import StorageError
+
+
+@with_config(CLOSED)
+class WorkerDetails(TypedDict):
+    worker_id: str
+    device: str | None
+    engines: list[str]
+    loaded_models: list[str]
+    last_seen: str
+
+
+@with_config(CLOSED)
+class QueueCounts(TypedDict):
+    queued: int
+    running: int
+
+
+@with_config(CLOSED)
+class HostMemory(TypedDict):
+    """Bytes; None where the host does not say."""
+
+    total_bytes: int | None
+    available_bytes: int | None
+    api_process_peak_rss_bytes: int | None
+
+
+@with_config(CLOSED)
+class SystemDetails(TypedDict):
+    status: Literal["ok"]
+    version: str
+    model_count: int
+    loaded_models: list[str]
+    queue_time: int
+    queue_depth: int
+    queue: QueueCounts
+    worker_count: int
+    workers: list[WorkerDetails]
+    devices: list[str]
+    memory: HostMemory
+    storage: Literal["local", "s3"]
+
+
+@with_config(CLOSED)
+class SchedulersList(TypedDict):
+    status: Literal["success"]
+    schedulers: list[str]
+
+
+@with_config(CLOSED)
+class ClearCacheReply(TypedDict):
+    status: Literal["success"]
+    message: str
+    temp_files_removed: int
+    workers_notified: int
+
+
+@with_config(CLOSED)
+class ClearQueueReply(TypedDict):
+    status: Literal["success"]
+    message: str
+    cancelled: int
+    ids: list[int]
+
+
+@with_config(CLOSED)
+class RestartReply(TypedDict):
+    status: Literal["success"]
+    message: str
+    workers: int
+
+
+@with_config(CLOSED)
+class UpdateReply(TypedDict):
+    """A self-hosted server never updates itself: `updated` is always false."""
+
+    status: Literal["success"]
+    message: str
+    updated: bool
+    version: str
+
+
+@with_config(CLOSED)
+class SyncedModel(TypedDict):
+    model_id: str
+    model_type: ModelKind
+    state: ModelState
+    load_data: str | None
+    family: str | None
+    prediction_type: str | None
+    few_step: str | None
+    supported: NotRequired[bool]
+    unsupported_reason: NotRequired[str]
+
+
+@with_config(CLOSED)
+class SyncModelsReply(TypedDict):
+    status: Literal["success"]
+    message: str
+    models: list[SyncedModel]
+
+
+@with_config(CLOSED)
+class S3Storage(TypedDict):
+    """The bucket now in use; only the last characters of the access key id are shown."""
+
+    bucket: str
+    prefix: str
+    endpoint_url: str | None
+    region_name: str
+    public_url: str | None
+    aws_access_key_id: str
+
+
+@with_config(CLOSED)
+class UpdateS3Reply(TypedDict):
+    status: Literal["success"]
+    message: str
+    storage: S3Storage
+
+
+@with_config(CLOSED)
+class HealthOk(TypedDict):
+    status: Literal["ok"]
+    version: str
+
+
+@with_config(CLOSED)
+class HealthDown(TypedDict):
+    status: Literal["unavailable"]
+    database: Literal["unreachable"]
+
+
+@with_config(CLOSED)
+class FileNotFound(TypedDict):
+    """No such object, or a temporary object's link is not valid (any more)."""
+
+    status: Literal["error"]
+    message: str
+
+
+SYSTEM_DETAILS_REPLIES = Replies(ok=SystemDetails, codes=ADMIN_CODES)
+SCHEDULERS_REPLIES = Replies(ok=SchedulersList)
+CLEAR_CACHE_REPLIES = Replies(ok=ClearCacheReply, codes=ADMIN_CODES)
+CLEAR_QUEUE_REPLIES = Replies(ok=ClearQueueReply)
+RESTART_REPLIES = Replies(ok=RestartReply, codes=ADMIN_CODES)
+UPDATE_REPLIES = Replies(ok=UpdateReply, codes=ADMIN_CODES)
+SYNC_MODELS_REPLIES = Replies(ok=SyncModelsReply, codes=ADMIN_CODES)
+UPDATE_S3_REPLIES = Replies(ok=UpdateS3Reply, codes=(*ADMIN_CODES, StorageError.code))
+HEALTH_REPLIES = Replies(ok=HealthOk, codes=(), errors_at_200=False, extra={503: HealthDown})
+
+# /files/{key}: the stored bytes (PNG, JPEG or WebP), or FileNotFound (always a real 404).
+FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The object's bytes",
+        "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    404: {"model": FileNotFound, "description": "No such object, or the link is not valid"},
+}
