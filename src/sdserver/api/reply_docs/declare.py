@@ -13,6 +13,7 @@ from sdserver import errors
 from sdserver.api.replies import error_codes_by_status
 from sdserver.api.reply_docs.envelopes import ErrorEnvelope
 
+_UNEXPECTED = 500
 # Every route may answer these: a body it cannot parse, a bad key, a body too large or too slow, the database
 # down, and the catch-all.
 BASE_CODES: tuple[str, ...] = (
@@ -73,6 +74,8 @@ class Replies:
         responses: dict[int | str, dict[str, Any]] = {}
         for status, codes in error_codes_by_status(self.codes).items():
             when = " (with SDSERVER_REAL_STATUS_CODES; otherwise HTTP 200)" if self.errors_at_200 else ""
+            if status == _UNEXPECTED:
+                when = "; an unexpected failure answers HTTP 500 whatever the setting"
             responses[status] = {"model": self.error, "description": f"Error codes: {', '.join(codes)}{when}"}
         for status, extra in self.extra.items():
             responses[status] = {"model": extra, "description": "See the schema"}

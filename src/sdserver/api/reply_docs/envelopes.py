@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired
+from typing import Annotated, Literal, NotRequired
 
-from pydantic import ConfigDict, with_config
+from pydantic import ConfigDict, Field, with_config
 from typing_extensions import TypedDict
 
 from sdserver.errors import JobErrorCode
@@ -22,7 +22,9 @@ class ErrorEnvelope(TypedDict):
     status: Literal["error"]
     message: str
     messege: str
-    error_code: str
+    error_code: Annotated[
+        str, Field(description="Stable, from the error table; each operation lists the codes it may answer.")
+    ]
     errors: NotRequired[dict[str, list[str]]]
     retry_after: NotRequired[int]
 
