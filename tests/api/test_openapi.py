@@ -4,6 +4,7 @@ from the one error table, and live replies that match what is declared."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -202,3 +203,11 @@ def test_a_malformed_multipart_body_is_answered_through_the_error_table(spine: L
     assert body["status"] == "error" and body["error_code"] == "validation_error", body
     assert body["message"].startswith("body: must be well-formed form data, got "), body
     assert set(body["errors"]) == {"body"}
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc", "/docs/oauth2-redirect"])
+def test_docs_pages_name_no_other_server(local_server: LiveServer, http: httpx.Client, page: str) -> None:
+    """Not one absolute or protocol-relative URL: the pages load everything from this server (packaged assets)."""
+    html = http.get(local_server.url(page)).text
+    assert re.findall(r"(?:https?:)?//[\w.-]+", html) == []
+    assert "/openapi.json" in html or page.endswith("redirect")
