@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from sdserver import errors
@@ -127,7 +128,16 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
         response.status_code = 500
         return response
 
+    async def on_request_validation(request: Request, exc: Exception) -> JSONResponse:
+        # FastAPI's own checks of a typed path or query parameter answer through the table like every error.
+        assert isinstance(exc, RequestValidationError)
+        first = next(iter(exc.errors()), {})
+        field = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+        error = errors.ValidationError.for_field(field, str(first.get("msg", "is not valid")), first.get("input"))
+        return error_response(request.url.path, error, settings)
+
     app.add_exception_handler(errors.SdError, on_domain_error)
+    app.add_exception_handler(RequestValidationError, on_request_validation)
     for outage in DATABASE_OUTAGES:
         app.add_exception_handler(outage, on_database_outage)
     app.add_exception_handler(Exception, on_unexpected_error)
