@@ -131,7 +131,7 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
     async def on_request_validation(request: Request, exc: Exception) -> JSONResponse:
         # FastAPI's own checks of a typed path or query parameter answer through the table like every error.
         assert isinstance(exc, RequestValidationError)
-        first = next(iter(exc.errors()), {})
+        first: dict[str, Any] = next(iter(exc.errors()), {})
         field = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
         error = errors.ValidationError.for_field(field, str(first.get("msg", "is not valid")), first.get("input"))
         return error_response(request.url.path, error, settings)
