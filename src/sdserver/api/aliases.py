@@ -129,6 +129,7 @@ def add_alias_routes(
     gets `_<method>` appended."""
     extra = openapi_body(body) if body is not None else {}
     options = replies.route_options()
+    alias_note = f"The same endpoint as `{paths[0]}`: the same fields and replies, under this path family."
     for index, path in enumerate(paths):
         for method in methods:
             canonical = index == 0 and method in documented
@@ -138,7 +139,7 @@ def add_alias_routes(
                 methods=[method],
                 summary=summary,
                 operation_id=f"{operation_id}_{method.lower()}" if operation_id and canonical else None,
-                openapi_extra=extra if canonical else {**extra, ALIAS_OF: paths[0]},
+                openapi_extra=extra if canonical else {**extra, ALIAS_OF: paths[0], "description": alias_note},
                 **options,
             )
             if not canonical:
