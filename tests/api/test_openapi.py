@@ -194,6 +194,14 @@ def test_live_replies_match_their_declared_schemas(spine: LiveServer, http: http
     assert check(fetch_path, missing)["status"] == "error"
     assert check("/api/v3/text2img", _submit(http, spine, "wrong"))["message"] == "Invalid Api Key"
     assert {"success", "failed", "processing", "error"} <= set(checked)
+    # Server management with a live worker holding a model (schemathesis's server has none).
+    admin = spine.new_key(Role.ADMIN)
+    for name in ("system_details", "get_all_models", "sync_models", "verify_model", "clear_queue", "clear_cache"):
+        path = f"/api/v1/enterprise/{name}"
+        reply = check(path, http.post(spine.url(path), json={"key": admin, "model_id": "test-ok"}))
+        assert reply["status"] in ("ok", "success", "error"), reply
+    details = http.post(spine.url("/api/v1/enterprise/system_details"), json={"key": admin}).json()
+    assert details["workers"] and details["workers"][0]["worker_id"] == "openapi-worker", details
 
 
 def test_a_malformed_multipart_body_is_answered_through_the_error_table(spine: LiveServer, http: httpx.Client) -> None:

@@ -139,6 +139,8 @@ class HealthOk(TypedDict):
 
 @with_config(CLOSED)
 class HealthDown(TypedDict):
+    """Not ready: the database does not answer."""
+
     status: Literal["unavailable"]
     database: Literal["unreachable"]
 

@@ -78,5 +78,5 @@ class Replies:
                 when = "; an unexpected failure answers HTTP 500 whatever the setting"
             responses[status] = {"model": self.error, "description": f"Error codes: {', '.join(codes)}{when}"}
         for status, extra in self.extra.items():
-            responses[status] = {"model": extra, "description": "See the schema"}
+            responses[status] = {"model": extra, "description": (extra.__doc__ or "").strip()}
         return {"response_model": Annotated[dict[str, Any], DocumentedAs(shape)], "responses": responses}
