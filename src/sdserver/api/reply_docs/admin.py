@@ -171,3 +171,19 @@ FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     404: {"model": FileNotFound, "description": "No such object, or the link is not valid"},
 }
+
+
+@with_config(CLOSED)
+class MetricsRefused(TypedDict):
+    """Neither an allow-listed address nor an admin key (always the real status: scrapers read codes)."""
+
+    status: Literal["error"]
+    message: str
+    error_code: str
+
+
+# /metrics: Prometheus text, or a refusal.
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Metrics"},
+    **{status: {"model": MetricsRefused, "description": MetricsRefused.__doc__} for status in (401, 403)},
+}

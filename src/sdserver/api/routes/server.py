@@ -24,6 +24,7 @@ from sdserver.api.replies import error_reply_for
 from sdserver.api.reply_docs.admin import (
     CLEAR_CACHE_REPLIES,
     CLEAR_QUEUE_REPLIES,
+    METRICS_RESPONSES,
     RESTART_REPLIES,
     SCHEDULERS_REPLIES,
     SYNC_MODELS_REPLIES,
@@ -290,7 +291,7 @@ def _register() -> None:
         summary="Prometheus metrics (admin key, or an address in metrics_allowlist)",
         tags=["metrics"],
         response_class=Response,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Metrics"}},
+        responses=METRICS_RESPONSES,
     )
 
 
