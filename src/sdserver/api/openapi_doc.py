@@ -1,4 +1,5 @@
-"""/openapi.json: FastAPI's document, plus the request schemas of the bodies handlers validate themselves."""
+"""/openapi.json: FastAPI's document, plus the request schemas of the bodies handlers validate themselves and the
+reply schemas routes reference by name."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from sdserver.api.reply_docs.declare import component_schemas
 from sdserver.api.schemas import request_schemas
 
 # FastAPI documents a 422 with its own body on every route that has parameters; ours never send it: a request
@@ -40,7 +42,7 @@ def _finish(document: dict[str, Any]) -> dict[str, Any]:
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name in _FASTAPI_VALIDATION:
         schemas.pop(name, None)
-    for name, schema in request_schemas().items():
+    for name, schema in (request_schemas() | component_schemas()).items():
         schemas.setdefault(name, schema)
     return document
 

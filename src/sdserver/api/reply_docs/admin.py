@@ -7,7 +7,7 @@ from typing import Any, Literal, NotRequired
 from pydantic import with_config
 from typing_extensions import TypedDict
 
-from sdserver.api.reply_docs.declare import ADMIN_CODES, Replies
+from sdserver.api.reply_docs.declare import ADMIN_CODES, Replies, json_reply
 from sdserver.api.reply_docs.envelopes import CLOSED
 from sdserver.catalog.registry import ModelKind, ModelState
 from sdserver.errors import StorageError
@@ -169,7 +169,7 @@ FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The object's bytes",
         "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
     },
-    404: {"model": FileNotFound, "description": "No such object, or the link is not valid"},
+    404: json_reply(FileNotFound, "No such object, or the link is not valid"),
 }
 
 
@@ -185,5 +185,5 @@ class MetricsRefused(TypedDict):
 # /metrics: Prometheus text, or a refusal.
 METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Metrics"},
-    **{status: {"model": MetricsRefused, "description": MetricsRefused.__doc__} for status in (401, 403)},
+    **{status: json_reply(MetricsRefused, (MetricsRefused.__doc__ or "").strip()) for status in (401, 403)},
 }

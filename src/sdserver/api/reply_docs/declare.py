@@ -14,6 +14,9 @@ from sdserver.api.replies import error_codes_by_status
 from sdserver.api.reply_docs.envelopes import ErrorEnvelope
 
 _UNEXPECTED = 500
+_REF = "#/components/schemas/{model}"
+# Shapes referenced from `responses` entries, by name: api.openapi_doc adds their schemas to the components.
+_COMPONENTS: dict[str, Any] = {}
 # Every route may answer these: a body it cannot parse, a bad key, a body too large or too slow, the database
 # down, and the catch-all.
 BASE_CODES: tuple[str, ...] = (
@@ -76,7 +79,25 @@ class Replies:
             when = " (with SDSERVER_REAL_STATUS_CODES; otherwise HTTP 200)" if self.errors_at_200 else ""
             if status == _UNEXPECTED:
                 when = "; an unexpected failure answers HTTP 500 whatever the setting"
-            responses[status] = {"model": self.error, "description": f"Error codes: {', '.join(codes)}{when}"}
+            responses[status] = json_reply(self.error, f"Error codes: {', '.join(codes)}{when}")
         for status, extra in self.extra.items():
-            responses[status] = {"model": extra, "description": (extra.__doc__ or "").strip()}
+            responses[status] = json_reply(extra, (extra.__doc__ or "").strip())
         return {"response_model": Annotated[dict[str, Any], DocumentedAs(shape)], "responses": responses}
+
+
+def json_reply(shape: Any, description: str) -> dict[str, Any]:
+    """A `responses` entry whose JSON body is `shape`, by reference to its component. (FastAPI's `model` key would
+    build one pydantic field per route and status: seconds of start-up over the ~190 routes.)"""
+    _COMPONENTS[shape.__name__] = shape
+    schema = {"$ref": _REF.format(model=shape.__name__)}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def component_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON schemas of the shapes `json_reply` referenced (and of the shapes they use), by component name."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for name, shape in _COMPONENTS.items():
+        schema = TypeAdapter(shape).json_schema(ref_template=_REF, mode="serialization")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema
+    return schemas
