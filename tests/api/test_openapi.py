@@ -202,6 +202,20 @@ def test_live_replies_match_their_declared_schemas(spine: LiveServer, http: http
         assert reply["status"] in ("ok", "success", "error"), reply
     details = http.post(spine.url("/api/v1/enterprise/system_details"), json={"key": admin}).json()
     assert details["workers"] and details["workers"][0]["worker_id"] == "openapi-worker", details
+    # A load this worker never claims: listed as loading (never loaded: no load date), then deleted.
+    load = {"key": admin, "model_id": "lora-x", "model_type": "lora", "url": "https://example.com/x.safetensors"}
+    assert (
+        check("/api/v1/enterprise/load_model", http.post(spine.url("/api/v1/enterprise/load_model"), json=load))[
+            "state"
+        ]
+        == "loading"
+    )
+    for name in ("get_all_models", "sync_models", "delete_model"):
+        path = f"/api/v1/enterprise/{name}"
+        reply = check(path, http.post(spine.url(path), json={"key": admin, "model_id": "lora-x"}))
+        assert reply["status"] == "success", reply
+        if name != "delete_model":
+            assert [model["model_id"] for model in reply["models"]] == ["lora-x"], reply
 
 
 def test_a_malformed_multipart_body_is_answered_through_the_error_table(spine: LiveServer, http: httpx.Client) -> None:
