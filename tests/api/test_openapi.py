@@ -204,12 +204,8 @@ def test_live_replies_match_their_declared_schemas(spine: LiveServer, http: http
     assert details["workers"] and details["workers"][0]["worker_id"] == "openapi-worker", details
     # A load this worker never claims: listed as loading (never loaded: no load date), then deleted.
     load = {"key": admin, "model_id": "lora-x", "model_type": "lora", "url": "https://example.com/x.safetensors"}
-    assert (
-        check("/api/v1/enterprise/load_model", http.post(spine.url("/api/v1/enterprise/load_model"), json=load))[
-            "state"
-        ]
-        == "loading"
-    )
+    started = check("/api/v1/enterprise/load_model", http.post(spine.url("/api/v1/enterprise/load_model"), json=load))
+    assert started["state"] == "loading", started
     for name in ("get_all_models", "sync_models", "delete_model"):
         path = f"/api/v1/enterprise/{name}"
         reply = check(path, http.post(spine.url(path), json={"key": admin, "model_id": "lora-x"}))
