@@ -39,6 +39,8 @@ class HostMemory(TypedDict):
 
 @with_config(CLOSED)
 class SystemDetails(TypedDict):
+    """The server now: models held by live workers, the queue, each worker, host memory, the object store."""
+
     status: Literal["ok"]
     version: str
     model_count: int
@@ -55,12 +57,16 @@ class SystemDetails(TypedDict):
 
 @with_config(CLOSED)
 class SchedulersList(TypedDict):
+    """The scheduler names generation endpoints accept."""
+
     status: Literal["success"]
     schedulers: list[str]
 
 
 @with_config(CLOSED)
 class ClearCacheReply(TypedDict):
+    """Workers were told to drop their loaded models; expired temporary files were removed."""
+
     status: Literal["success"]
     message: str
     temp_files_removed: int
@@ -69,6 +75,8 @@ class ClearCacheReply(TypedDict):
 
 @with_config(CLOSED)
 class ClearQueueReply(TypedDict):
+    """The queued jobs cancelled (running jobs finish)."""
+
     status: Literal["success"]
     message: str
     cancelled: int
@@ -77,6 +85,8 @@ class ClearQueueReply(TypedDict):
 
 @with_config(CLOSED)
 class RestartReply(TypedDict):
+    """The live workers told to restart gracefully."""
+
     status: Literal["success"]
     message: str
     workers: int
@@ -107,6 +117,8 @@ class SyncedModel(TypedDict):
 
 @with_config(CLOSED)
 class SyncModelsReply(TypedDict):
+    """The models this server has."""
+
     status: Literal["success"]
     message: str
     models: list[SyncedModel]
@@ -126,6 +138,8 @@ class S3Storage(TypedDict):
 
 @with_config(CLOSED)
 class UpdateS3Reply(TypedDict):
+    """The object store is now the S3 bucket; earlier links keep working."""
+
     status: Literal["success"]
     message: str
     storage: S3Storage
@@ -133,6 +147,8 @@ class UpdateS3Reply(TypedDict):
 
 @with_config(CLOSED)
 class HealthOk(TypedDict):
+    """Ready: the server and its database answer."""
+
     status: Literal["ok"]
     version: str
 

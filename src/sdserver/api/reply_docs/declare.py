@@ -63,13 +63,16 @@ class Replies:
     """What a route answers: `ok` (a shape, or a Union of shapes) on success, and an `error` body for each of
     `codes`. ModelsLab routes answer errors with HTTP 200 unless `real_status_codes` is on, so their 200 reply
     is `ok` or the error envelope; `errors_at_200=False` (Stablecog) documents errors at their status only.
-    `extra` documents other statuses with shapes of their own (e.g. /healthz's 503)."""
+    `extra` documents other statuses with shapes of their own (e.g. /healthz's 503); `description` the 200 reply
+    (default: the success shape's docstring)."""
 
     ok: Any
     codes: tuple[str, ...] = BASE_CODES
     error: Any = ErrorEnvelope
     errors_at_200: bool = True
     extra: dict[int, Any] = field(default_factory=dict)
+    # What the 200 reply is, in /docs; default: the success shape's docstring.
+    description: str = ""
 
     def route_options(self) -> dict[str, Any]:
         """`response_model` and `responses` for `add_api_route` (or a route decorator)."""
@@ -82,7 +85,15 @@ class Replies:
             responses[status] = json_reply(self.error, f"Error codes: {', '.join(codes)}{when}")
         for status, extra in self.extra.items():
             responses[status] = json_reply(extra, (extra.__doc__ or "").strip())
-        return {"response_model": Annotated[dict[str, Any], DocumentedAs(shape)], "responses": responses}
+        described = (self.description or (getattr(self.ok, "__doc__", None) or "").strip() or "Success").rstrip(".")
+        described += "."
+        if self.errors_at_200:
+            described += " Errors also answer HTTP 200 (the error envelope) unless SDSERVER_REAL_STATUS_CODES is on."
+        return {
+            "response_model": Annotated[dict[str, Any], DocumentedAs(shape)],
+            "response_description": described,
+            "responses": responses,
+        }
 
 
 def json_reply(shape: Any, description: str) -> dict[str, Any]:

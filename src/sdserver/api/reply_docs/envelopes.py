@@ -89,6 +89,8 @@ JobReply = JobSuccess | JobProcessing | JobFailed
 
 @with_config(CLOSED)
 class CancelReply(TypedDict):
+    """What became of the job: cancelled, stopping at its next step, or it had already ended."""
+
     status: Literal["success"]
     id: int
     message: str

@@ -63,12 +63,16 @@ class ModelListing(TypedDict):
 
 @with_config(CLOSED)
 class AllModelsReply(TypedDict):
+    """Every model, VAE and add-on with its load state."""
+
     status: Literal["success"]
     models: list[ModelListing]
 
 
 @with_config(CLOSED)
 class DeleteModelReply(TypedDict):
+    """The kinds of model deleted under this id (files removed, loads cancelled)."""
+
     status: Literal["success"]
     message: str
     model_id: str

@@ -14,6 +14,8 @@ from sdserver.errors import MissingFileError
 
 @with_config(CLOSED)
 class UploadImageReply(TypedDict):
+    """The stored image: its URL and upload id."""
+
     status: Literal["success"]
     message: str
     image_url: str
@@ -22,6 +24,8 @@ class UploadImageReply(TypedDict):
 
 @with_config(CLOSED)
 class Base64CropReply(TypedDict):
+    """The stored (maybe cropped) image: its URL and upload id."""
+
     status: Literal["success"]
     messege: str
     message: str
@@ -31,6 +35,8 @@ class Base64CropReply(TypedDict):
 
 @with_config(CLOSED)
 class Base64ToUrlReply(TypedDict):
+    """The stored image: its URL (a one-item list) and upload id."""
+
     status: Literal["success"]
     id: int
     output: list[str]
