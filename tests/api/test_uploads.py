@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from typing import Any
 
 import httpx
@@ -146,6 +147,26 @@ def test_form_encoded_and_query_parameters_are_merged(
     reply = response.json()
     assert reply["status"] == "success", reply
     assert http.get(reply["output"][0]).content == original
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["urlencoded", "multipart"])
+def test_a_form_field_over_one_mib_is_read(
+    local_server: LiveServer, user_key: str, http: httpx.Client, multipart: bool
+) -> None:
+    """Starlette's own limit (1 MiB per field) would refuse any real base64 image sent as a form."""
+    original = io.BytesIO()
+    # Noise does not compress: a PNG of about 1.2 MB, 1.6 MB in base64.
+    Image.frombytes("RGB", (640, 640), os.urandom(640 * 640 * 3)).save(original, format="PNG")
+    encoded = b64(original.getvalue())
+    assert len(encoded) > 1024 * 1024
+    fields = {"key": user_key, "base64_string": encoded}
+    if multipart:
+        response = http.post(local_server.url("/api/v6/base64_to_url"), data=fields, files={"unused": b"x"})
+    else:
+        response = http.post(local_server.url("/api/v6/base64_to_url"), data=fields)
+    reply = response.json()
+    assert reply["status"] == "success", reply
+    assert http.get(reply["output"][0]).content == original.getvalue()
 
 
 def test_json_body_wins_over_query_parameters(local_server: LiveServer, user_key: str, http: httpx.Client) -> None:

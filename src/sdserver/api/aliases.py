@@ -1,5 +1,5 @@
 """The path families real clients call, in one table: which prefixes exist and which paths each endpoint has;
-and `add_alias_routes`, the one way an endpoint is served under its aliases."""
+and `add_alias_routes`, the one way an endpoint is served under its aliases (see `api.reply_docs` for `replies`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
+from sdserver.api.openapi_tags import alias_tag
+from sdserver.api.reply_docs.declare import Replies
 from sdserver.api.schemas import openapi_body
+
+# The OpenAPI extension on every alias operation: the path of the documented operation it behaves like.
+ALIAS_OF = "x-alias-of"
 
 # Every prefix family a client may submit under; `fetch` and `cancel` exist under each of them.
 PREFIXES: tuple[str, ...] = (
@@ -124,23 +130,35 @@ def add_alias_routes(
     endpoint: Callable[..., Any],
     *,
     summary: str,
+    replies: Replies,
     body: type[BaseModel] | None = None,
     methods: Sequence[str] = ("POST",),
     documented: Collection[str] = ("POST",),
     operation_id: str | None = None,
 ) -> None:
     """Serve `endpoint` under every path, one route per method (a shared route would give its methods one
-    OpenAPI operation id). Only the first path's `documented` methods are listed: the aliases behave the same.
-    `body` documents the JSON body the handler validates itself; `operation_id` gets `_<method>` appended."""
-    extra = openapi_body(body) if body is not None else None
+    OpenAPI operation id). `replies` declares what it answers (required: no route goes undocumented).
+    The first path's `documented` methods are the canonical operations, under the router's tag; every other
+    path and method is listed too, tagged by its path family, with `x-alias-of` naming the first path.
+    `body` documents the JSON body the handler validates itself; `operation_id` (canonical operations only)
+    gets `_<method>` appended."""
+    extra = openapi_body(body) if body is not None else {}
+    options = replies.route_options()
+    alias_note = f"The same endpoint as `{paths[0]}`: the same fields and replies, under this path family."
     for index, path in enumerate(paths):
         for method in methods:
+            canonical = index == 0 and method in documented
             router.add_api_route(
                 path,
                 endpoint,
                 methods=[method],
                 summary=summary,
-                include_in_schema=index == 0 and method in documented,
-                operation_id=f"{operation_id}_{method.lower()}" if operation_id else None,
-                openapi_extra=extra,
+                operation_id=f"{operation_id}_{method.lower()}" if operation_id and canonical else None,
+                openapi_extra=extra if canonical else {**extra, ALIAS_OF: paths[0], "description": alias_note},
+                **options,
             )
+            if not canonical:
+                route = router.routes[-1]
+                assert isinstance(route, APIRoute)
+                # Only the family tag: the router's tag would list every alias again under the endpoint family.
+                route.tags = [alias_tag(family_prefix(path))]

@@ -12,11 +12,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from sdserver import __version__
+from sdserver.api.aliases import PREFIXES
 from sdserver.api.body_limit import BodyLimitMiddleware
 from sdserver.api.dialects import a1111, openai
 from sdserver.api.docs_pages import install_docs_pages
 from sdserver.api.job_replies import webhook_body
 from sdserver.api.metrics import Metrics, RequestMetricsMiddleware
+from sdserver.api.openapi_doc import install_openapi
+from sdserver.api.openapi_tags import openapi_tags
 from sdserver.api.replies import install_error_handlers, is_stablecog_path
 from sdserver.api.routes import (
     controlnet,
@@ -96,7 +99,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         # Served by install_docs_pages from packaged assets: the default pages load Swagger UI from a CDN.
         docs_url=None,
         redoc_url=None,
+        openapi_tags=openapi_tags(PREFIXES),
     )
+    install_openapi(app)
     install_docs_pages(app)
     # Public pages like the docs, so outside ROUTERS (the key-checked API routes the route-walk tests cover).
     app.include_router(playground.router)

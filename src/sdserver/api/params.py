@@ -8,12 +8,16 @@ from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from sdserver.errors import ValidationError
 
 _URLENCODED = "application/x-www-form-urlencoded"
 _MULTIPART = "multipart/form-data"
+# Starlette refuses a form field over 1 MiB by default: a base64 image of any real size. The body-limit
+# middleware already caps the whole body (SDSERVER_MAX_BODY_BYTES), so a field may be as large as the body.
+_FORM_PART_LIMIT = 2**40
 
 
 @dataclass
@@ -50,7 +54,11 @@ async def _read_body(request: Request, content_type: str) -> tuple[dict[str, Any
     raw = b"" if content_type == _MULTIPART else await request.body()
     # `curl -d '{"key": ...}'` labels a JSON body as a form: the body's first character decides, not the label.
     if content_type == _MULTIPART or (content_type == _URLENCODED and not raw.lstrip().startswith(b"{")):
-        form = await request.form()
+        try:
+            form = await request.form(max_part_size=_FORM_PART_LIMIT)
+        except HTTPException as exc:
+            # Starlette's answer to a malformed multipart body; ours goes through the error table like any other.
+            raise ValidationError.for_field("body", "must be well-formed form data", exc.detail) from None
         for name, item in form.multi_items():
             if isinstance(item, UploadFile):
                 files.setdefault(name, item)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from sdserver import errors
@@ -61,6 +63,17 @@ _STABLECOG_DESCRIPTIONS = {
 
 def error_reply_for(code: str) -> ErrorReply:
     return _TABLE.get(code, _TABLE[errors.SdError.code])
+
+
+def error_codes_by_status(codes: Iterable[str]) -> dict[int, list[str]]:
+    """Error codes grouped by the HTTP status the table answers them with (for /openapi.json); each code must be
+    in the table, so a route cannot document an error this module would not answer as declared."""
+    grouped: dict[int, list[str]] = {}
+    for code in dict.fromkeys(codes):
+        if code not in _TABLE:
+            raise KeyError(f"error code {code!r} is not in the error table")
+        grouped.setdefault(_TABLE[code].http_status, []).append(code)
+    return dict(sorted(grouped.items()))
 
 
 def is_stablecog_path(path: str) -> bool:
@@ -122,7 +135,16 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> None:
         response.status_code = 500
         return response
 
+    async def on_request_validation(request: Request, exc: Exception) -> JSONResponse:
+        # FastAPI's own checks of a typed path or query parameter answer through the table like every error.
+        assert isinstance(exc, RequestValidationError)
+        first: dict[str, Any] = next(iter(exc.errors()), {})
+        field = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+        error = errors.ValidationError.for_field(field, str(first.get("msg", "is not valid")), first.get("input"))
+        return error_response(request.url.path, error, settings)
+
     app.add_exception_handler(errors.SdError, on_domain_error)
+    app.add_exception_handler(RequestValidationError, on_request_validation)
     for outage in DATABASE_OUTAGES:
         app.add_exception_handler(outage, on_database_outage)
     app.add_exception_handler(Exception, on_unexpected_error)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -43,14 +43,22 @@ class ImageEditingBase64ToUrlRequest(LenientRequest):
     temp: Flag = None
 
 
+# Request schemas named by openapi_body, merged into /openapi.json's components (api.openapi_doc).
+_REQUEST_SCHEMAS: dict[str, dict[str, Any]] = {}
+_COMPONENT_REF = "#/components/schemas/{model}"
+
+
 def openapi_body(model: type[BaseModel]) -> dict[str, object]:
-    """Document a schema we validate by hand (query < form < JSON merge) as the operation's request body."""
-    schema = model.model_json_schema()
+    """Document a schema we validate by hand (query < form < JSON merge) as the operation's request body: one
+    component, referenced by every route (and alias) that takes it."""
+    schema = model.model_json_schema(ref_template=_COMPONENT_REF)
+    _REQUEST_SCHEMAS.update(schema.pop("$defs", {}))
     schema["properties"] = {
         "key": {"type": "string", "description": "Your API key (or header `key`, Bearer, or ?key=)."},
         **schema.get("properties", {}),
     }
-    content = {"schema": schema}
+    _REQUEST_SCHEMAS[model.__name__] = schema
+    content = {"schema": {"$ref": _COMPONENT_REF.format(model=model.__name__)}}
     return {
         "requestBody": {
             "required": True,
@@ -61,3 +69,8 @@ def openapi_body(model: type[BaseModel]) -> dict[str, object]:
             },
         }
     }
+
+
+def request_schemas() -> dict[str, dict[str, Any]]:
+    """Every request schema openapi_body documented so far (and the schemas they reference), by name."""
+    return dict(_REQUEST_SCHEMAS)

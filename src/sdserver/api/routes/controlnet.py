@@ -13,6 +13,7 @@ from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.family_checks import require_runnable
 from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import allocate_outputs
+from sdserver.api.reply_docs.jobs import JOB_REPLIES
 from sdserver.api.routes.generation import check_addons_exist, model_id_for, submit_generation
 from sdserver.api.schemas_controlnet import ControlNetRequest, ResolvedControlNet, controlnet_mode, resolve_controlnet
 from sdserver.api.schemas_generation import ResolvedGeneration
@@ -88,4 +89,5 @@ add_alias_routes(
     controlnet,
     summary="ControlNet generation (text2img, img2img or inpaint steered by control images)",
     body=ControlNetRequest,
+    replies=JOB_REPLIES,
 )

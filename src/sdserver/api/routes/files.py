@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from sdserver.api.deps import ServicesDep
+from sdserver.api.reply_docs.admin import FILE_RESPONSES
 
 router = APIRouter(tags=["files"])
 
@@ -24,5 +25,13 @@ async def get_file(key: str, services: ServicesDep, expires: str | None = None, 
     return FileResponse(path, headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"})
 
 
-router.add_api_route("/files/{key:path}", get_file, methods=["GET"], summary="Download a stored object")
+router.add_api_route(
+    "/files/{key:path}",
+    get_file,
+    methods=["GET"],
+    summary="Download a stored object",
+    # No JSON on success: the bytes of the object, with its own media type.
+    response_class=FileResponse,
+    responses=FILE_RESPONSES,
+)
 router.add_api_route("/files/{key:path}", get_file, methods=["HEAD"], include_in_schema=False)

@@ -16,6 +16,7 @@ from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.family_checks import require_runnable
 from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import allocate_outputs, run_job
+from sdserver.api.reply_docs.jobs import JOB_REPLIES
 from sdserver.api.schemas_generation import (
     Img2ImgRequest,
     InpaintRequest,
@@ -167,8 +168,13 @@ async def inpaint(request: Request, services: ServicesDep, caller: CallerDep, pa
     return await _generate(JobKind.INPAINT, InpaintRequest, request, services, caller, params.values)
 
 
-add_alias_routes(router, TEXT2IMG_PATHS, text2img, summary="Text to image", body=Text2ImgRequest)
-add_alias_routes(router, IMG2IMG_PATHS, img2img, summary="Image to image", body=Img2ImgRequest)
+add_alias_routes(router, TEXT2IMG_PATHS, text2img, summary="Text to image", body=Text2ImgRequest, replies=JOB_REPLIES)
+add_alias_routes(router, IMG2IMG_PATHS, img2img, summary="Image to image", body=Img2ImgRequest, replies=JOB_REPLIES)
 add_alias_routes(
-    router, INPAINT_PATHS, inpaint, summary="Inpainting (white in the mask is repainted)", body=InpaintRequest
+    router,
+    INPAINT_PATHS,
+    inpaint,
+    summary="Inpainting (white in the mask is repainted)",
+    body=InpaintRequest,
+    replies=JOB_REPLIES,
 )

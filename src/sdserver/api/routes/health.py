@@ -9,11 +9,14 @@ from starlette.concurrency import run_in_threadpool
 
 from sdserver import __version__
 from sdserver.api.deps import ServicesDep
+from sdserver.api.reply_docs.admin import HEALTH_REPLIES
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Readiness: 200 when the server and its database are up")
+@router.get(
+    "/healthz", summary="Readiness: 200 when the server and its database are up", **HEALTH_REPLIES.route_options()
+)
 async def healthz(services: ServicesDep) -> JSONResponse:
     def ping() -> None:
         with services.engine.connect() as conn:

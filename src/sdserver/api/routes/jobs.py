@@ -12,6 +12,7 @@ from sdserver.api.aliases import PREFIXES, add_alias_routes
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import LenientInt, validate_request
 from sdserver.api.job_flow import render_job
+from sdserver.api.reply_docs.jobs import CANCEL_REPLIES, FETCH_REPLIES
 from sdserver.api.schemas import LenientRequest
 from sdserver.auth import ApiKey
 from sdserver.errors import NotFoundError, ValidationError
@@ -90,13 +91,14 @@ def _register() -> None:
     def under_every_family(suffix: str) -> list[str]:
         return [prefix + suffix for prefix in PREFIXES]
 
-    # Some clients GET the fetch_result link (key in the query or a header): served, not documented.
+    # Some clients GET the fetch_result link (key in the query or a header): listed as an alias.
     add_alias_routes(
         router,
         under_every_family("/fetch/{job_id}"),
         fetch_by_path,
         summary="Fetch a job's result or progress",
         methods=("POST", "GET"),
+        replies=FETCH_REPLIES,
     )
     add_alias_routes(
         router,
@@ -104,9 +106,14 @@ def _register() -> None:
         fetch_by_body,
         summary="Fetch a job's result or progress (request_id in the body)",
         body=FetchRequest,
+        replies=FETCH_REPLIES,
     )
     add_alias_routes(
-        router, under_every_family("/cancel/{job_id}"), cancel_by_path, summary="Cancel a queued or running job"
+        router,
+        under_every_family("/cancel/{job_id}"),
+        cancel_by_path,
+        summary="Cancel a queued or running job",
+        replies=CANCEL_REPLIES,
     )
     add_alias_routes(
         router,
@@ -114,6 +121,7 @@ def _register() -> None:
         cancel_by_body,
         summary="Cancel a queued or running job (request_id in the body)",
         body=FetchRequest,
+        replies=CANCEL_REPLIES,
     )
 
 

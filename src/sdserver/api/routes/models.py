@@ -15,6 +15,8 @@ from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import submit_job
 from sdserver.api.job_replies import fetch_url_for
 from sdserver.api.models import ModelEntry
+from sdserver.api.reply_docs.declare import Replies
+from sdserver.api.reply_docs.models import ALL_MODELS_REPLIES, DELETE_REPLIES, LOAD_REPLIES, VERIFY_REPLIES
 from sdserver.api.schemas_models import (
     DeleteModelRequest,
     LoadModelRequest,
@@ -201,21 +203,36 @@ def _public(entry: ModelEntry) -> dict[str, Any]:
 
 
 Handler = Callable[..., Coroutine[Any, Any, dict[str, Any]]]
-_ENDPOINTS: tuple[tuple[str, Handler, type[BaseModel] | None, tuple[str, ...], str], ...] = (
-    ("load_model", load_model, LoadModelRequest, ("POST",), "Load a model (admin)"),
-    ("load_model_v2", load_model_v2, LoadModelV2Request, ("POST",), "Load a model by category and format (admin)"),
-    ("load_vae", load_vae, LoadVaeRequest, ("POST",), "Load a VAE (admin)"),
-    ("verify_model", verify_model, VerifyModelRequest, ("POST",), "Say whether a model id exists"),
-    ("get_all_models", get_all_models, None, ("GET", "POST"), "List models with their load state"),
-    ("delete_model", delete_model, DeleteModelRequest, ("POST",), "Delete a model's files (admin)"),
+_ENDPOINTS: tuple[tuple[str, Handler, type[BaseModel] | None, tuple[str, ...], str, Replies], ...] = (
+    ("load_model", load_model, LoadModelRequest, ("POST",), "Load a model (admin)", LOAD_REPLIES),
+    (
+        "load_model_v2",
+        load_model_v2,
+        LoadModelV2Request,
+        ("POST",),
+        "Load a model by category and format (admin)",
+        LOAD_REPLIES,
+    ),
+    ("load_vae", load_vae, LoadVaeRequest, ("POST",), "Load a VAE (admin)", LOAD_REPLIES),
+    ("verify_model", verify_model, VerifyModelRequest, ("POST",), "Say whether a model id exists", VERIFY_REPLIES),
+    ("get_all_models", get_all_models, None, ("GET", "POST"), "List models with their load state", ALL_MODELS_REPLIES),
+    ("delete_model", delete_model, DeleteModelRequest, ("POST",), "Delete a model's files (admin)", DELETE_REPLIES),
 )
 
 
 def _register() -> None:
-    for name, handler, schema, methods, summary in _ENDPOINTS:
+    for name, handler, schema, methods, summary, replies in _ENDPOINTS:
         paths = [f"{prefix}/{name}" for prefix in MODEL_PREFIXES]
         add_alias_routes(
-            router, paths, handler, summary=summary, body=schema, methods=methods, documented=methods, operation_id=name
+            router,
+            paths,
+            handler,
+            summary=summary,
+            replies=replies,
+            body=schema,
+            methods=methods,
+            documented=methods,
+            operation_id=name,
         )
 
 

@@ -13,6 +13,7 @@ from sdserver.api.aliases import NSFW_CHECK_PATHS, add_alias_routes
 from sdserver.api.client_images import store_client_image
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import LenientFloat, RequiredText, validate_request
+from sdserver.api.reply_docs.uploads import NSFW_CHECK_REPLIES
 from sdserver.api.schemas import LenientRequest
 from sdserver.errors import ValidationError
 from sdserver.images import DecodedImage
@@ -57,4 +58,5 @@ add_alias_routes(
     nsfw_image_check,
     summary="Check an image with the open_nsfw classifier",
     body=NsfwImageCheckRequest,
+    replies=NSFW_CHECK_REPLIES,
 )

@@ -21,6 +21,18 @@ from sdserver.api.deps import AdminDep, CallerDep, ParamsDep, ServicesDep
 from sdserver.api.metrics import CONTENT_TYPE, Metrics, address_allowed
 from sdserver.api.params import find_api_key, read_params
 from sdserver.api.replies import error_reply_for
+from sdserver.api.reply_docs.admin import (
+    CLEAR_CACHE_REPLIES,
+    CLEAR_QUEUE_REPLIES,
+    METRICS_RESPONSES,
+    RESTART_REPLIES,
+    SCHEDULERS_REPLIES,
+    SYNC_MODELS_REPLIES,
+    SYSTEM_DETAILS_REPLIES,
+    UPDATE_REPLIES,
+    UPDATE_S3_REPLIES,
+)
+from sdserver.api.reply_docs.declare import Replies
 from sdserver.api.routes.models import family_fields
 from sdserver.api.storage_control import UpdateS3Request, s3_config_from, switch_to_s3
 from sdserver.catalog.schedulers import EXTRA_SCHEDULER_NAMES, SAMPLING_SCHEDULERS, SCHEDULER_NAMES
@@ -214,28 +226,61 @@ def _vendor_time(moment: datetime | None) -> str | None:
 
 
 Handler = Callable[..., Coroutine[Any, Any, Any]]
-# name -> (handler, methods, summary). Read-only endpoints also answer GET; those that change state only POST.
-_ENDPOINTS: dict[str, tuple[Handler, list[str], str]] = {
-    "system_details": (system_details, ["POST", "GET"], "Server status: loaded models, queue, workers, memory"),
-    "schedulers_list": (schedulers_list, ["POST", "GET"], "Scheduler names accepted by generation endpoints"),
-    "clear_cache": (clear_cache, ["POST"], "Workers drop loaded models; expired temp files are purged"),
-    "clear_queue": (clear_queue, ["POST"], "Cancel queued jobs (your own; an admin key: everyone's)"),
-    "restart_server": (restart_server, ["POST"], "Restart the workers gracefully (no job is lost)"),
-    "update_server": (update_server, ["POST"], "Self-hosted: says that updates are the operator's job"),
-    "update": (update_server, ["POST"], "Self-hosted: says that updates are the operator's job"),
-    "sync_models": (sync_models, ["POST"], "The models this server has"),
-    "update_s3": (update_s3, ["POST"], "Switch the object store to an S3 bucket, after checking it works"),
+_UPDATE_SUMMARY = "Self-hosted: says that updates are the operator's job"
+# name -> (handler, methods, summary, replies). Read-only endpoints also answer GET; those that change state only
+# POST.
+_ENDPOINTS: dict[str, tuple[Handler, list[str], str, Replies]] = {
+    "system_details": (
+        system_details,
+        ["POST", "GET"],
+        "Server status: loaded models, queue, workers, memory",
+        SYSTEM_DETAILS_REPLIES,
+    ),
+    "schedulers_list": (
+        schedulers_list,
+        ["POST", "GET"],
+        "Scheduler names accepted by generation endpoints",
+        SCHEDULERS_REPLIES,
+    ),
+    "clear_cache": (
+        clear_cache,
+        ["POST"],
+        "Workers drop loaded models; expired temp files are purged",
+        CLEAR_CACHE_REPLIES,
+    ),
+    "clear_queue": (
+        clear_queue,
+        ["POST"],
+        "Cancel queued jobs (your own; an admin key: everyone's)",
+        CLEAR_QUEUE_REPLIES,
+    ),
+    "restart_server": (
+        restart_server,
+        ["POST"],
+        "Restart the workers gracefully (no job is lost)",
+        RESTART_REPLIES,
+    ),
+    "update_server": (update_server, ["POST"], _UPDATE_SUMMARY, UPDATE_REPLIES),
+    "update": (update_server, ["POST"], _UPDATE_SUMMARY, UPDATE_REPLIES),
+    "sync_models": (sync_models, ["POST"], "The models this server has", SYNC_MODELS_REPLIES),
+    "update_s3": (
+        update_s3,
+        ["POST"],
+        "Switch the object store to an S3 bucket, after checking it works",
+        UPDATE_S3_REPLIES,
+    ),
 }
 
 
 def _register() -> None:
-    for name, (handler, methods, summary) in _ENDPOINTS.items():
+    for name, (handler, methods, summary, replies) in _ENDPOINTS.items():
         # One documented operation (POST, first prefix); the GET and alias copies behave the same.
         add_alias_routes(
             router,
             [f"{prefix}/{name}" for prefix in PATHS[name]],
             handler,
             summary=summary,
+            replies=replies,
             body=UpdateS3Request if name == "update_s3" else None,
             methods=methods,
         )
@@ -246,7 +291,7 @@ def _register() -> None:
         summary="Prometheus metrics (admin key, or an address in metrics_allowlist)",
         tags=["metrics"],
         response_class=Response,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Metrics"}},
+        responses=METRICS_RESPONSES,
     )
 
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
+from sdserver.api.reply_docs.uploads import STABLECOG_UPLOAD_REPLIES
 from sdserver.errors import ImageTooLargeError, MissingFileError
 from sdserver.images import inspect_image
 
@@ -31,6 +32,7 @@ _MULTIPART_BODY = {
     "/v1/image/upload",
     summary="Upload an image (Stablecog); the URL is accepted as init_image / init_image_url",
     openapi_extra=_MULTIPART_BODY,
+    **STABLECOG_UPLOAD_REPLIES.route_options(),
 )
 async def stablecog_upload(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, str]:
     upload = params.files.get("file")

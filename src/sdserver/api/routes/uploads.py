@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from sdserver.api.client_images import store_client_image
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import validate_request
+from sdserver.api.reply_docs.uploads import BASE64_CROP_REPLIES, BASE64_TO_URL_REPLIES, UPLOAD_IMAGE_REPLIES
 from sdserver.api.schemas import (
     Base64CropRequest,
     Base64ToUrlRequest,
@@ -24,6 +25,7 @@ router = APIRouter(tags=["uploads"])
     "/api/v1/enterprise/upload_image",
     summary="Upload an image to the object store",
     openapi_extra=openapi_body(UploadImageRequest),
+    **UPLOAD_IMAGE_REPLIES.route_options(),
 )
 async def upload_image(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
     request = validate_request(UploadImageRequest, params.values)
@@ -42,6 +44,7 @@ async def upload_image(services: ServicesDep, caller: CallerDep, params: ParamsD
     "/api/v3/base64_crop",
     summary="Upload an image, optionally centre-cropped to 512×512",
     openapi_extra=openapi_body(Base64CropRequest),
+    **BASE64_CROP_REPLIES.route_options(),
 )
 async def base64_crop(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
     request = validate_request(Base64CropRequest, params.values)
@@ -67,6 +70,7 @@ async def base64_crop(services: ServicesDep, caller: CallerDep, params: ParamsDe
     "/api/v6/base64_to_url",
     summary="Turn a base64 image into a URL",
     openapi_extra=openapi_body(Base64ToUrlRequest),
+    **BASE64_TO_URL_REPLIES.route_options(),
 )
 async def base64_to_url(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
     request = validate_request(Base64ToUrlRequest, params.values)
@@ -85,6 +89,7 @@ async def base64_to_url(services: ServicesDep, caller: CallerDep, params: Params
     "/api/v6/image_editing/base64_to_url",
     summary="Turn a base64 image into a URL (image editing family)",
     openapi_extra=openapi_body(ImageEditingBase64ToUrlRequest),
+    **BASE64_TO_URL_REPLIES.route_options(),
 )
 async def image_editing_base64_to_url(services: ServicesDep, caller: CallerDep, params: ParamsDep) -> dict[str, Any]:
     request = validate_request(ImageEditingBase64ToUrlRequest, params.values)

@@ -16,6 +16,7 @@ from sdserver.api.client_images import store_client_image
 from sdserver.api.deps import CallerDep, ParamsDep, ServicesDep
 from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import allocate_outputs, run_job
+from sdserver.api.reply_docs.jobs import JOB_REPLIES
 from sdserver.api.schemas_upscale import ResolvedSuperResolution, SuperResolutionRequest, resolve_super_resolution
 from sdserver.api.services import Services
 from sdserver.auth import ApiKey
@@ -87,4 +88,5 @@ add_alias_routes(
     super_resolution,
     summary="Upscale an image with Real-ESRGAN",
     body=SuperResolutionRequest,
+    replies=JOB_REPLIES,
 )
