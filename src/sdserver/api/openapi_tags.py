@@ -9,6 +9,7 @@ from typing import Final
 ENDPOINT_TAGS: Final[dict[str, str]] = {
     "generation": "text2img, img2img, inpaint and ControlNet: each queues a job and answers like `fetch`.",
     "super resolution": "Upscale an image (Real-ESRGAN) as a job.",
+    "image editing": "Outpaint, object removal and inpaint as jobs on the inpainting pipeline.",
     "jobs": "Follow (`fetch`) or stop (`cancel`) a job, under every prefix family.",
     "uploads": "Turn a client image into a URL on this server's object store.",
     "stablecog": "Stablecog's multipart upload, with Stablecog's error bodies.",
@@ -18,6 +19,8 @@ ENDPOINT_TAGS: Final[dict[str, str]] = {
     "files": "Stored objects (generated and uploaded images).",
     "health": "Readiness probe.",
     "metrics": "Prometheus metrics.",
+    "OpenAI Images API": "OpenAI's `/v1/images/*` and `/v1/models`: synchronous, OpenAI's shapes and errors.",
+    "AUTOMATIC1111 API": "AUTOMATIC1111's `/sdapi/v1`: synchronous, A1111's shapes and errors.",
 }
 ALIAS_TAG_PREFIX: Final = "aliases "
 

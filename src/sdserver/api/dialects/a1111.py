@@ -16,13 +16,17 @@ from sdserver.api.deps import ParamsDep, ServicesDep
 from sdserver.api.dialect_errors import rename_fields
 from sdserver.api.dialects.a1111_info import PARAMETERS_KEY, generation_info, parse_parameters, png_text
 from sdserver.api.dialects.a1111_schemas import (
+    EmbeddingsReply,
     ExtraSingleImageReply,
     ExtraSingleImageRequest,
     ImagesReply,
     Img2ImgRequest,
+    InterruptReply,
+    OptionsReply,
     PngInfoReply,
     PngInfoRequest,
     ProgressReply,
+    ScriptsReply,
     Txt2ImgRequest,
     checkpoint_id,
     native_fields,
@@ -336,12 +340,26 @@ router.add_api_route(
     summary="A1111: the caller's progress",
     responses=_reply(ProgressReply),
 )
-router.add_api_route("/interrupt", interrupt, methods=["POST"], summary="A1111: cancel the caller's jobs")
+router.add_api_route(
+    "/interrupt",
+    interrupt,
+    methods=["POST"],
+    summary="A1111: cancel the caller's jobs",
+    responses=_reply(InterruptReply),
+)
 router.add_api_route("/sd-models", sd_models, methods=["GET"], summary="A1111: generation models")
 router.add_api_route("/samplers", samplers, methods=["GET"], summary="A1111: sampler names")
 router.add_api_route("/upscalers", upscalers, methods=["GET"], summary="A1111: upscalers")
-router.add_api_route("/options", get_options, methods=["GET"], summary="A1111: options")
-router.add_api_route("/options", set_options, methods=["POST"], summary="A1111: set options (model switch: admin)")
+router.add_api_route("/options", get_options, methods=["GET"], summary="A1111: options", responses=_reply(OptionsReply))
+router.add_api_route(
+    "/options",
+    set_options,
+    methods=["POST"],
+    summary="A1111: set options (model switch: admin)",
+    responses={
+        200: {"description": "null, as A1111 answers", "content": {"application/json": {"schema": {"type": "null"}}}}
+    },
+)
 router.add_api_route(
     "/png-info",
     png_info,
@@ -351,5 +369,13 @@ router.add_api_route(
 )
 router.add_api_route("/loras", loras, methods=["GET"], summary="A1111: LoRAs (use as <lora:id:weight>)")
 router.add_api_route("/sd-vae", sd_vae, methods=["GET"], summary="A1111: VAEs")
-router.add_api_route("/embeddings", embeddings, methods=["GET"], summary="A1111: textual-inversion embeddings")
-router.add_api_route("/scripts", scripts, methods=["GET"], summary="A1111: scripts (none)")
+router.add_api_route(
+    "/embeddings",
+    embeddings,
+    methods=["GET"],
+    summary="A1111: textual-inversion embeddings",
+    responses=_reply(EmbeddingsReply),
+)
+router.add_api_route(
+    "/scripts", scripts, methods=["GET"], summary="A1111: scripts (none)", responses=_reply(ScriptsReply)
+)

@@ -94,6 +94,28 @@ class ProgressReply(BaseModel):
     textinfo: str | None
 
 
+class InterruptReply(BaseModel):
+    interrupted: list[int]
+
+
+class OptionsReply(BaseModel):
+    sd_model_checkpoint: str | None
+    sd_checkpoint_hash: None
+    sd_vae: str
+    CLIP_stop_at_last_layers: int
+    samples_format: str
+
+
+class EmbeddingsReply(BaseModel):
+    loaded: dict[str, dict[str, Any]]
+    skipped: dict[str, Any]
+
+
+class ScriptsReply(BaseModel):
+    txt2img: list[str]
+    img2img: list[str]
+
+
 class PngInfoReply(BaseModel):
     info: str
     items: dict[str, Any]

@@ -20,6 +20,7 @@ from sdserver.api.dialects.openai_masks import mask_from_openai, png_data_url, r
 from sdserver.api.dialects.openai_schemas import (
     OpenAIImageRequest,
     OpenAIImagesResponse,
+    OpenAIModelList,
     is_openai_model_name,
     native_fields,
     wants_base64,
@@ -172,7 +173,13 @@ async def list_models(services: ServicesDep, caller: CallerDep) -> dict[str, Any
     }
 
 
-router.add_api_route("/v1/models", list_models, methods=["GET"], summary="OpenAI: the models this server runs")
+router.add_api_route(
+    "/v1/models",
+    list_models,
+    methods=["GET"],
+    summary="OpenAI: the models this server runs",
+    responses={200: {"model": OpenAIModelList}},
+)
 for _path, _endpoint, _summary in (
     ("/v1/images/generations", generations, "OpenAI: create images from a prompt"),
     ("/v1/images/edits", edits, "OpenAI: edit an image (transparent mask pixels are repainted)"),

@@ -124,3 +124,15 @@ def native_fields(request: OpenAIImageRequest, values: dict[str, Any]) -> dict[s
     if size is not None:
         native["width"], native["height"] = size
     return native
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: str
+    created: int
+    owned_by: str
+
+
+class OpenAIModelList(BaseModel):
+    object: str
+    data: list[OpenAIModel]

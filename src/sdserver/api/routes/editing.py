@@ -24,6 +24,9 @@ from sdserver.api.editing_canvas import canvas_side, fit_to_blocks, outpaint_can
 from sdserver.api.family_checks import require_runnable
 from sdserver.api.fields import validate_request
 from sdserver.api.job_flow import allocate_outputs
+from sdserver.api.reply_docs.declare import BASE_CODES, Replies
+from sdserver.api.reply_docs.envelopes import ErrorEnvelope
+from sdserver.api.reply_docs.jobs import JOB_REPLIES
 from sdserver.api.routes.generation import check_addons_exist, model_id_for, submit_generation
 from sdserver.api.schemas_editing import (
     OBJECT_REMOVAL_NEGATIVE,
@@ -162,11 +165,28 @@ async def removebg_mask(caller: CallerDep) -> dict[str, Any]:
     raise FeatureUnavailableError(REMOVEBG_MESSAGE)
 
 
-add_alias_routes(router, OUTPAINT_PATHS, outpaint, summary="Outpaint: extend the canvas", body=OutpaintRequest)
+# Editing jobs answer like any job; removebg_mask only ever answers its clear refusal.
+REMOVEBG_REPLIES = Replies(ok=ErrorEnvelope, codes=(*BASE_CODES, FeatureUnavailableError.code))
+
 add_alias_routes(
-    router, OBJECT_REMOVAL_PATHS, object_removal, summary="Remove what the mask covers", body=ObjectRemovalRequest
+    router, OUTPAINT_PATHS, outpaint, summary="Outpaint: extend the canvas", body=OutpaintRequest, replies=JOB_REPLIES
 )
 add_alias_routes(
-    router, EDITING_INPAINT_PATHS, inpaint, summary="Inpaint what the mask covers", body=EditInpaintRequest
+    router,
+    OBJECT_REMOVAL_PATHS,
+    object_removal,
+    summary="Remove what the mask covers",
+    body=ObjectRemovalRequest,
+    replies=JOB_REPLIES,
 )
-add_alias_routes(router, REMOVEBG_MASK_PATHS, removebg_mask, summary="Background mask (unavailable)")
+add_alias_routes(
+    router,
+    EDITING_INPAINT_PATHS,
+    inpaint,
+    summary="Inpaint what the mask covers",
+    body=EditInpaintRequest,
+    replies=JOB_REPLIES,
+)
+add_alias_routes(
+    router, REMOVEBG_MASK_PATHS, removebg_mask, summary="Background mask (unavailable)", replies=REMOVEBG_REPLIES
+)
