@@ -13,6 +13,7 @@ from sdserver.job_params import (
     ControlNetUnit,
     FakeParams,
     GenerationParams,
+    GenerationPasses,
     SchedulerChoice,
     SuperResolutionParams,
 )
@@ -93,8 +94,10 @@ def test_a_setting_outside_both_lists_batches_only_at_its_default() -> None:
     # Every field is either per job, shared, or (like a field added later) must be at its default to batch.
     known = PER_JOB_FIELDS | set(SHARED_FIELDS) | {"strength"}
     others = [spec.name for spec in fields(GenerationParams) if spec.name not in known]
-    assert set(others) == {"mask_image_key", "refiner"}
+    assert set(others) == {"mask_image_key", "refiner", "passes"}
     assert is_solo(key(replace(BASE, mask_image_key="uploads/m.png")))
+    # Generation passes (upscale, highres fix, face_enhance, ...) run per job: a job asking for one runs alone.
+    assert is_solo(key(replace(BASE, passes=GenerationPasses(face_enhance=True))))
 
 
 def test_params_no_engine_batches_keep_the_plain_signature() -> None:

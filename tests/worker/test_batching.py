@@ -140,6 +140,24 @@ def test_a_job_arriving_within_the_window_joins_the_batch(harness: Harness) -> N
     assert [job.result["batch_size"] for job in done] == [2, 2]
 
 
+def test_a_batch_window_longer_than_the_lease_keeps_the_jobs_in_hand(tmp_path: Path) -> None:
+    built = open_harness(make_settings(tmp_path / "data", engines=["diffusers"], job_lease_s=1.0))
+    try:
+        make_tiny_model(built.settings.data_dir / "models", MODEL)
+        first = submit(built, 0)
+        with Running(built, engine_for(built), max_batch=4, window_s=3.0):
+            built.wait_for(first.id, lambda job: job.status is JobStatus.RUNNING, timeout=60)
+            time.sleep(2.0)  # twice the lease, inside the window
+            late = submit(built, 1)
+            done = [built.wait_terminal(job.id, timeout=120) for job in (first, late)]
+        assert [job.status for job in done] == [JobStatus.SUCCEEDED] * 2
+        # Never lost and run again: one attempt, one shared batch.
+        assert [job.attempts for job in done] == [1, 1]
+        assert [job.result["batch_size"] for job in done] == [2, 2]
+    finally:
+        close_harness(built)
+
+
 def test_without_batching_each_job_runs_alone(harness: Harness) -> None:
     jobs = [submit(harness, index) for index in range(2)]
     with Running(harness, engine_for(harness), max_batch=1, window_s=0.0):

@@ -208,8 +208,14 @@ class Worker:
         if room <= 0 or self._batch_window_s <= 0 or batchable is None or not batchable(claimed[0]):
             return claimed
         deadline = time.monotonic() + self._batch_window_s
+        renewed = time.monotonic()
         while room > 0 and (left := deadline - time.monotonic()) > 0:
-            self._jobs.wait_for_work(left)
+            self._jobs.wait_for_work(min(left, self._beat_s))
+            if time.monotonic() - renewed >= self._beat_s:
+                # The heartbeat thread renews only running batches: while the window is open the leases of the
+                # jobs in hand are renewed here, or a window longer than a lease would lose them.
+                self._jobs.heartbeat([job.id for job in claimed], self.worker_id, lease_s=self._lease_s)
+                renewed = time.monotonic()
             mates = self._jobs.claim_mates(self.worker_id, claimed[0].id, limit=room, lease_s=self._lease_s)
             if not mates:
                 # Wake-ups may come from other writes: never spin on the database.
