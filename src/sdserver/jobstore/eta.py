@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,34 +70,67 @@ def fit_cost(samples: Iterable[tuple[float, float]]) -> Cost | None:
     return Cost(fixed, per_unit)
 
 
-class CostBook:
-    """Costs and load times by model, read once per estimate (one query per model asked about)."""
+class CostMemory:
+    """What `CostBook`s of one process learnt, kept `ttl_s` seconds: a fetch poll then reads the job, the queue and
+    the workers, not the fit of every model again (costs move with finished jobs, seconds apart). `forget()` when
+    this process itself finished a job."""
 
-    def __init__(self, conn: Connection):
+    def __init__(self, ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl, self._clock = ttl_s, clock
+        self._entries: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def recall(self, kind: str, name: str, compute: Callable[[], Any]) -> Any:
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get((kind, name))
+        if entry is not None and now - entry[0] < self._ttl:
+            return entry[1]
+        value = compute()
+        with self._lock:
+            self._entries[(kind, name)] = (now, value)
+        return value
+
+    def forget(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class CostBook:
+    """Costs and load times by model for one estimate (one query per model asked about, or none when `memory`
+    still holds it)."""
+
+    def __init__(self, conn: Connection, memory: CostMemory | None = None):
         self._conn = conn
+        self._memory = memory or CostMemory(ttl_s=0.0)
         self._costs: dict[str, Cost] = {}
         self._loads: dict[str, float] = {}
         self._machine: Cost | None = None
 
     def cost(self, model_id: str) -> Cost:
         if model_id not in self._costs:
-            self._costs[model_id] = self._fit(jobs.c.model_id == model_id) or self.machine()
+            fit = self._memory.recall("cost", model_id, lambda: self._fit(jobs.c.model_id == model_id))
+            self._costs[model_id] = fit or self.machine()
         return self._costs[model_id]
 
     def machine(self) -> Cost:
         """Any model's recent runs: this machine's speed, for a model that never ran here."""
         if self._machine is None:
-            self._machine = self._fit(sa.true()) or Cost(0.0, DEFAULT_SECONDS_PER_UNIT)
+            fit = self._memory.recall("cost", "", lambda: self._fit(sa.true()))
+            self._machine = fit or Cost(0.0, DEFAULT_SECONDS_PER_UNIT)
         return self._machine
 
     def load_seconds(self, model_id: str) -> float:
         if model_id not in self._loads:
-            loaded = jobs.c.load_seconds.is_not(None)
-            recent = self._recent(jobs.c.load_seconds, loaded, jobs.c.model_id == model_id, limit=_LOAD_SAMPLES)
-            if not recent:
-                recent = self._recent(jobs.c.load_seconds, loaded, limit=_LOAD_SAMPLES)
-            self._loads[model_id] = statistics.median(recent) if recent else DEFAULT_LOAD_S
+            self._loads[model_id] = self._memory.recall("load", model_id, lambda: self._measure_load(model_id))
         return self._loads[model_id]
+
+    def _measure_load(self, model_id: str) -> float:
+        loaded = jobs.c.load_seconds.is_not(None)
+        recent = self._recent(jobs.c.load_seconds, loaded, jobs.c.model_id == model_id, limit=_LOAD_SAMPLES)
+        if not recent:
+            recent = self._recent(jobs.c.load_seconds, loaded, limit=_LOAD_SAMPLES)
+        return statistics.median(recent) if recent else DEFAULT_LOAD_S
 
     def job_seconds(self, model_id: str, width: int, height: int, steps: int) -> float:
         """Seconds of work of one such job, without any model load."""
@@ -135,11 +170,11 @@ class _Workers:
     held: frozenset[str]
 
 
-def estimate(conn: Connection, job: Job, *, now: datetime) -> Estimate:
+def estimate(conn: Connection, job: Job, *, now: datetime, memory: CostMemory | None = None) -> Estimate:
     """Queue position and ETA of `job` in one pass; 0 s for a finished job, at least 1 s otherwise."""
     if job.status.is_terminal:
         return Estimate(None, 0)
-    book = CostBook(conn)
+    book = CostBook(conn, memory)
     if job.status is JobStatus.RUNNING:
         return Estimate(None, _whole_seconds(_running_left(conn, book, job.id, now)))
     fleet = _live_workers(conn, now)

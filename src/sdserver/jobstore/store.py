@@ -15,7 +15,7 @@ from sdserver.database import utcnow
 from sdserver.errors import JobErrorCode, LeaseLostError, NotFoundError
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus, WebhookStatus, can_transition
 from sdserver.jobstore.claims import batch_mates, claimable, pick_head
-from sdserver.jobstore.eta import Estimate, estimate
+from sdserver.jobstore.eta import CostMemory, Estimate, estimate
 from sdserver.jobstore.outbox import WebhookDelivery, claim_due, enqueue_delivery, record_attempt
 from sdserver.jobstore.pg_wakeups import CHANGE_CHANNEL, WORK_CHANNEL, PgWakeups, notify
 from sdserver.jobstore.sqlite_wakeups import SqliteChangeWatch
@@ -42,6 +42,8 @@ class JobStore:
         self._engine = engine
         self._clock = clock
         self._sqlite = engine.dialect.name == "sqlite"
+        # Model costs the ETA read lately: fetch polls reuse them for a second or two.
+        self._costs = CostMemory()
         self._wakeups: PgWakeups | None = None
         # SQLite cannot push wake-ups across processes: one watcher thread per store polls for commits instead.
         self._sqlite_watch = SqliteChangeWatch(engine) if self._sqlite else None
@@ -140,7 +142,7 @@ class JobStore:
         if job.status.is_terminal:
             return Estimate(None, 0)
         with self._engine.connect() as conn:
-            return estimate(conn, job, now=self._now())
+            return estimate(conn, job, now=self._now(), memory=self._costs)
 
     def get_with_estimate(self, job_id: int, *, owner_key_id: int | None) -> tuple[Job, Estimate]:
         """`get` and `estimate` in one connection: a fetch poll costs the API one thread hop, not two."""
@@ -148,7 +150,7 @@ class JobStore:
             job = job_from_row(_visible(_find_job(conn, job_id), owner_key_id))
             if job.status.is_terminal:
                 return job, Estimate(None, 0)
-            return job, estimate(conn, job, now=self._now())
+            return job, estimate(conn, job, now=self._now(), memory=self._costs)
 
     def queue_position(self, job: Job) -> int | None:
         return self.estimate(job).position
@@ -272,6 +274,7 @@ class JobStore:
     ) -> Job:
         """Success; the measured seconds (work, and the model load when there was one) feed later ETAs."""
         timing = {"seconds_per_step": seconds_per_step, "run_seconds": run_seconds, "load_seconds": load_seconds}
+        self._costs.forget()  # this process's own estimates see the new measurement at once
         with self._write() as conn:
             row = _owned(conn, job_id, worker_id)
             self._finish(conn, row, JobStatus.SUCCEEDED, result=dump_json(result), **timing)

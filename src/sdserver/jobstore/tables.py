@@ -61,7 +61,8 @@ jobs = sa.Table(
     sa.Index("ix_jobs_status_created", "status", "created_at", "id"),
     sa.Index("ix_jobs_status_lease", "status", "lease_expires_at"),
     sa.Index("ix_jobs_owner_status", "owner_key_id", "status"),
-    sa.Index("ix_jobs_speed", "model_id", "status", "width", "height", "finished_at"),
+    # The ETA's fit reads a model's latest finished runs.
+    sa.Index("ix_jobs_recent_runs", "model_id", "status", "finished_at"),
 )
 
 job_webhooks = sa.Table(
