@@ -626,6 +626,17 @@ def test_eta_adds_the_model_load_when_no_live_worker_holds_the_model(store: JobS
     assert store.eta_seconds(behind) == 20
 
 
+def test_eta_plays_the_queue_as_batching_workers_take_it(store: JobStore) -> None:
+    store.register_worker("w", device="cpu", engines=["diffusers"], max_batch=4)
+    store.worker_heartbeat("w", held_models=["model-a", "model-b"])
+    a1, b1, a2 = (store.submit(make_spec(model_id=model, steps=10)) for model in ("model-a", "model-b", "model-a"))
+    # a2 joins a1's batch: both are done after 20 s of work, before b1 (10 s more).
+    assert [store.queue_position(job) for job in (a1, b1, a2)] == [1, 2, 3]
+    assert [store.eta_seconds(job) for job in (a1, b1, a2)] == [20, 30, 20]
+    store.register_worker("w", device="cpu", engines=["diffusers"], max_batch=1)  # no batching: oldest first
+    assert [store.eta_seconds(job) for job in (a1, b1, a2)] == [10, 20, 30]
+
+
 def test_running_eta_counts_the_load_and_moves_within_a_step(store: JobStore, db: Db) -> None:
     run_to_success(store, store.submit(make_spec(model_id="m", steps=10)), sps=3.0)  # 3 s per step here
     job = store.submit(make_spec(model_id="m", steps=10))

@@ -26,6 +26,8 @@ DEFAULT_SECONDS_PER_UNIT = 1.0
 DEFAULT_LOAD_S = 10.0
 # A worker that has not heartbeaten for this long no longer counts towards throughput.
 LIVE_WORKER_S = 60.0
+# The ETA of a batching fleet plays at most this many queued jobs through (one row each).
+_PLAYED = 500
 # One unit of work: one step at 512×512 (upscales and other step-less jobs: one pass over their pixels).
 _UNIT_PIXELS = 512 * 512
 
@@ -168,6 +170,8 @@ class Estimate:
 class _Workers:
     live: int
     held: frozenset[str]
+    # The largest batch a live worker runs (1: no batching).
+    max_batch: int = 1
 
 
 def estimate(conn: Connection, job: Job, *, now: datetime, memory: CostMemory | None = None) -> Estimate:
@@ -181,6 +185,10 @@ def estimate(conn: Connection, job: Job, *, now: datetime, memory: CostMemory | 
     running_s, running_models = _running(conn, book, now)
     # A model a running job uses is loaded (or loading) on its worker already.
     held = fleet.held | running_models
+    played = _played_queue(conn, job, book, held, fleet.max_batch) if fleet.max_batch > 1 else None
+    if played is not None:
+        ahead, before_s, own = played
+        return Estimate(ahead + 1, _whole_seconds((before_s + running_s) / max(1, fleet.live) + own))
     ahead, ahead_s, loading = _queued_ahead(conn, job, book, held)
     backlog = ahead_s + running_s
     own = book.job_seconds(job.model_id, job.width, job.height, job.steps)
@@ -205,8 +213,9 @@ def _whole_seconds(seconds: float) -> int:
 
 def _live_workers(conn: Connection, now: datetime) -> _Workers:
     since = to_db_time(now - timedelta(seconds=LIVE_WORKER_S))
-    held = conn.execute(sa.select(workers.c.held_models).where(workers.c.last_seen >= since)).scalars().all()
-    return _Workers(len(held), frozenset(model for text in held for model in load_strings(text)))
+    rows = conn.execute(sa.select(workers.c.held_models, workers.c.max_batch).where(workers.c.last_seen >= since)).all()
+    held = frozenset(model for row in rows for model in load_strings(row.held_models))
+    return _Workers(len(rows), held, max((int(row.max_batch or 1) for row in rows), default=1))
 
 
 def _queued_groups(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
@@ -237,6 +246,45 @@ def _queued_ahead(conn: Connection, job: Job, book: CostBook, held: frozenset[st
     groups = conn.execute(_queued_groups(jobs.c.status == JobStatus.QUEUED.value, ahead)).all()
     seconds, loading = _groups_seconds(book, groups, held)
     return sum(int(group.jobs) for group in groups), seconds, loading
+
+
+def _played_queue(
+    conn: Connection, job: Job, book: CostBook, held: frozenset[str], max_batch: int
+) -> tuple[int, float, float] | None:
+    """The queue played as batching workers take it: oldest job first, with up to `max_batch - 1` later jobs of
+    the same batch signature in its batch (so a later job can finish before an earlier one). Returns the jobs
+    ahead of `job` (by age), the seconds of the batches before `job`'s, and its own batch's seconds; None when
+    `job` is not among the oldest `_PLAYED` queued jobs (the grouped estimate then answers)."""
+    rows = conn.execute(
+        sa.select(jobs.c.id, jobs.c.model_id, jobs.c.width, jobs.c.height, jobs.c.steps, jobs.c.batch_signature)
+        .where(jobs.c.status == JobStatus.QUEUED.value)
+        .order_by(jobs.c.created_at, jobs.c.id)
+        .limit(_PLAYED)
+    ).all()
+    index = next((at for at, row in enumerate(rows) if row.id == job.id), None)
+    if index is None:
+        return None
+    taken: set[int] = set()
+    loaded = set(held)
+    before = 0.0
+    for at, head in enumerate(rows):
+        if head.id in taken:
+            continue
+        batch = [
+            head,
+            *[row for row in rows[at + 1 :] if row.id not in taken and row.batch_signature == head.batch_signature],
+        ]
+        batch = batch[:max_batch]
+        taken.update(row.id for row in batch)
+        units = sum(work_units(row.width, row.height, row.steps) for row in batch)
+        seconds = book.cost(head.model_id).seconds(units, jobs=len(batch))
+        if head.model_id not in loaded:
+            loaded.add(head.model_id)
+            seconds += book.load_seconds(head.model_id)
+        if any(row.id == job.id for row in batch):
+            return index, before, seconds
+        before += seconds
+    return None
 
 
 _RUNNING_COLUMNS = (

@@ -160,9 +160,9 @@ class JobStore:
 
     # --- worker registry
 
-    def register_worker(self, worker_id: str, *, device: str, engines: Sequence[str]) -> None:
+    def register_worker(self, worker_id: str, *, device: str, engines: Sequence[str], max_batch: int = 1) -> None:
         now = self._now()
-        values = {"device": device, "engines": dump_json(list(engines)), "last_seen": now}
+        values = {"device": device, "engines": dump_json(list(engines)), "last_seen": now, "max_batch": max_batch}
         with self._write() as conn:
             upsert_worker(conn, worker_id, values, started_at=now, held_models="[]")
 

@@ -92,6 +92,8 @@ workers = sa.Table(
     sa.Column("held_models", sa.Text, nullable=False),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False, index=True),
+    # How many matching jobs the worker runs as one batch (the ETA plays the queue as the workers will).
+    sa.Column("max_batch", sa.Integer, nullable=True),
 )
 
 

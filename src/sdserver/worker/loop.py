@@ -142,7 +142,10 @@ class Worker:
         self._held = self._snapshot_held()
         names = [engine.name for engine in self._engines]
         if not self._retry_until_stopped(
-            "register", lambda: self._jobs.register_worker(self.worker_id, device=self._device, engines=names)
+            "register",
+            lambda: self._jobs.register_worker(
+                self.worker_id, device=self._device, engines=names, max_batch=self._max_batch
+            ),
         ):
             return EXIT_OK
         log.info("worker %s started (engines: %s)", self.worker_id, ", ".join(names))
