@@ -49,6 +49,8 @@ def upscale_together(
     one shape (any image's) share forward batches of up to `forward_batch`, taken round-robin over the images so
     they all progress together. Out-of-memory errors propagate (the caller reruns the images one by one, where
     the tile loop retries with smaller tiles)."""
+    if not requests:
+        return []
     size = upscaler.tile_or_default(tile)
     members = []
     for request in requests:

@@ -26,7 +26,7 @@ from sdserver.engines.restore.enhance import EnhanceResult, FaceEnhancer
 from sdserver.engines.restore.restorer import RestorerWeightsMissingError, restorer_folder
 from sdserver.engines.upscale.archs import OFFICIAL_MODELS
 from sdserver.engines.upscale.batched import Request, upscale_together
-from sdserver.engines.upscale.runner import DEFAULT_TILE_PAD, Upscaler, output_size
+from sdserver.engines.upscale.runner import DEFAULT_TILE_PAD, Upscaler, UpscaleResult, output_size
 from sdserver.engines.upscale.tiling import is_out_of_memory
 from sdserver.engines.upscale.weights import UnsupportedWeightsError, find_weights, list_weight_ids, load_network
 from sdserver.errors import JobErrorCode
@@ -162,12 +162,11 @@ class UpscaleEngine:
             for image, job_params, step in zip(images, params, steps, strict=True)
         ]
         failure: Exception | None = None
+        finished: list[tuple[UpscaleResult, Image.Image, int | None] | None] = []
         try:
             results = upscale_together(upscaler, requests, tile=self._tile, forward_batch=self._tile_batch * len(jobs))
-            finished = [
-                None if result is None else (result, *self._enhance(job_params, image, result.image))
-                for result, job_params, image in zip(results, params, images, strict=True)
-            ]
+            for result, job_params, image in zip(results, params, images, strict=True):
+                finished.append(None if result is None else (result, *self._enhance(job_params, image, result.image)))
         except RuntimeError as exc:
             if is_out_of_memory(exc):
                 failure = DeviceOutOfMemory(f"a batch of {len(jobs)} upscales: {str(exc).splitlines()[0]}")
