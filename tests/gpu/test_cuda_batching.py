@@ -1,5 +1,6 @@
-"""Cross-request batching on CUDA: a batch of tiny SD 1.5 and SDXL jobs in fp16 gives each job the image it makes
-alone, and the automatic batch size comes from the device's free memory. Skipped without a CUDA device."""
+"""Cross-request batching on CUDA: a batch of tiny SD 1.5 and SDXL jobs in fp16, and a batch of upscales, gives
+each job the image it makes alone, and the automatic batch size comes from the device's free memory. Skipped
+without a CUDA device."""
 
 from __future__ import annotations
 

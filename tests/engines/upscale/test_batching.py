@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from torch import Tensor
 
-from sdserver.engines.base import EngineOutput, JobCancelled, JobFailed
+from sdserver.engines.base import DeviceOutOfMemory, EngineOutput, JobCancelled, JobFailed
 from sdserver.engines.upscale.engine import UpscaleEngine, weights_folder
 from sdserver.engines.upscale.tiny import write_official_weights
 from sdserver.errors import JobErrorCode
@@ -124,6 +124,38 @@ def test_a_pixel_unshuffle_network_batches_odd_sizes_exactly(tmp_path: Path, dep
         alone, _ = run_alone(deployment.engine, job)
         assert np.abs(pixels(output) - pixels(alone)).mean() <= 1.0
         assert output.meta == alone.meta | {"batch_size": 2}
+
+
+def test_a_forward_pass_out_of_memory_is_retried_in_halves(deployment: Deployment) -> None:
+    jobs = jobs_for(deployment, *[(smooth_image(64, 64, seed=seed), 2.0) for seed in range(4)])
+    upscaler = deployment.engine.upscaler(COMPACT)
+    real, sizes = upscaler.forward, []
+
+    def tight(batch: Tensor) -> Tensor:
+        sizes.append(batch.shape[0])
+        if batch.shape[0] > 1 and sum(size > 1 for size in sizes) <= 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(batch)
+
+    upscaler.forward = tight  # type: ignore[method-assign]
+    batched = deployment.engine.run(jobs, lambda _job: Steps())
+    # 4 tiles fail, then 2 (half) fail: one tile per pass from then on, all 16 of them.
+    assert sizes == [4, 2, *[1] * 16]
+    upscaler.forward = real  # type: ignore[method-assign]
+    for job, output in zip(jobs, batched, strict=True):
+        assert output.images == run_alone(deployment.engine, job)[0].images
+
+
+def test_a_single_tile_out_of_memory_hands_the_batch_back(deployment: Deployment) -> None:
+    jobs = jobs_for(deployment, *[(smooth_image(32, 32, seed=seed), 2.0) for seed in range(2)])
+    upscaler = deployment.engine.upscaler(COMPACT)
+
+    def full(batch: Tensor) -> Tensor:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    upscaler.forward = full  # type: ignore[method-assign]
+    with pytest.raises(DeviceOutOfMemory, match="a batch of 2 upscales"):
+        deployment.engine.run(jobs, lambda _job: Steps())
 
 
 def test_a_job_leaving_the_batch_is_skipped_and_the_others_are_untouched(

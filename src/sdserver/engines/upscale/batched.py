@@ -13,7 +13,17 @@ from PIL import Image
 from torch import Tensor
 
 from sdserver.engines.upscale.runner import Planes, UpscaleResult, Upscaler, check_scale, make_finish, split_planes
-from sdserver.engines.upscale.tiling import Finish, OnTile, Tile, canvas, effective_tile, paste, plan_tiles, window
+from sdserver.engines.upscale.tiling import (
+    Finish,
+    OnTile,
+    Tile,
+    canvas,
+    effective_tile,
+    is_out_of_memory,
+    paste,
+    plan_tiles,
+    window,
+)
 
 Stopped = Callable[[], bool]
 
@@ -47,8 +57,8 @@ def upscale_together(
 ) -> list[UpscaleResult | None]:
     """Each request upscaled as `upscaler.upscale_with_info` would do it alone, None for one that stopped. Tiles of
     one shape (any image's) share forward batches of up to `forward_batch`, taken round-robin over the images so
-    they all progress together. Out-of-memory errors propagate (the caller reruns the images one by one, where
-    the tile loop retries with smaller tiles)."""
+    they all progress together. A forward batch out of memory is retried in halves; a single tile out of memory
+    propagates (the caller reruns the images one by one, where the tile loop retries with smaller tiles)."""
     if not requests:
         return []
     size = upscaler.tile_or_default(tile)
@@ -67,9 +77,10 @@ def upscale_together(
                 piece = member.tiles[index]
                 shape = (piece.rows.stop - piece.rows.start, piece.cols.stop - piece.cols.start)
                 queues.setdefault(shape, []).append((member, piece))
+    batch = max(1, forward_batch)
     with torch.inference_mode():
         for queue in queues.values():
-            _run_queue(upscaler, queue, max(1, forward_batch))
+            batch = _run_queue(upscaler, queue, batch)
     results: list[UpscaleResult | None] = []
     for member in members:
         request = member.request
@@ -82,10 +93,13 @@ def upscale_together(
     return results
 
 
-def _run_queue(upscaler: Upscaler, queue: list[tuple[_Member, Tile]], forward_batch: int) -> None:
-    """Equal-shaped tiles in forward batches; each member's outputs are finished and pasted into its own canvas."""
+def _run_queue(upscaler: Upscaler, queue: list[tuple[_Member, Tile]], forward_batch: int) -> int:
+    """Equal-shaped tiles in forward batches; each member's outputs are finished and pasted into its own canvas.
+    A forward batch that runs out of memory is retried in halves (the tiles already stitched stay); a single tile
+    that does not fit raises. Returns the forward batch size that worked."""
     position = 0
     while position < len(queue):
+        first = position
         group: list[tuple[_Member, Tile]] = []
         while position < len(queue) and len(group) < forward_batch:
             member, piece = queue[position]
@@ -94,7 +108,17 @@ def _run_queue(upscaler: Upscaler, queue: list[tuple[_Member, Tile]], forward_ba
                 group.append((member, piece))
         if not group:
             continue
-        output = upscaler.forward(torch.cat([window(member.colour, piece) for member, piece in group]))
+        output: Tensor | None = None
+        try:
+            output = upscaler.forward(torch.cat([window(member.colour, piece) for member, piece in group]))
+        except RuntimeError as exc:
+            if len(group) == 1 or not is_out_of_memory(exc):
+                raise
+        if output is None:
+            # Out of the except block, so the traceback's frames no longer pin the failed batch's tensors.
+            upscaler.free_memory()
+            forward_batch, position = max(1, len(group) // 2), first
+            continue
         rows: dict[_Member, list[tuple[int, Tile]]] = {}
         for row, (member, piece) in enumerate(group):
             rows.setdefault(member, []).append((row, piece))
@@ -110,3 +134,4 @@ def _run_queue(upscaler: Upscaler, queue: list[tuple[_Member, Tile]], forward_ba
         for member in rows:
             if member.request.on_tile is not None:
                 member.request.on_tile(member.done, len(member.tiles))
+    return forward_batch
