@@ -116,7 +116,7 @@ def test_tiles_of_the_jobs_share_forward_passes(deployment: Deployment, forwards
     assert forwards.sizes == [3, 3, 3, 3]
 
 
-def test_a_pixel_unshuffle_network_batches_odd_sizes_exactly(tmp_path: Path, deployment: Deployment) -> None:
+def test_a_pixel_unshuffle_network_batches_odd_sizes_exactly(deployment: Deployment) -> None:
     write_official_weights(deployment.folder, UNSHUFFLE, "params_ema")
     jobs = jobs_for(deployment, (smooth_image(37, 21), 2.0), (smooth_image(37, 21, seed=3), 1.5), model=UNSHUFFLE)
     batched = deployment.engine.run(jobs, lambda _job: Steps())

@@ -208,9 +208,17 @@ class UpscaleEngine:
         return enhanced.image, enhanced.faces
 
     def _output(
-        self, job: Job, params: SuperResolutionParams, image: Image.Image, output: Image.Image, faces: int | None,
-        upscaler: Upscaler, *, tile: int, batch_size: int,
-    ) -> EngineOutput:  # fmt: skip
+        self,
+        job: Job,
+        params: SuperResolutionParams,
+        image: Image.Image,
+        output: Image.Image,
+        faces: int | None,
+        upscaler: Upscaler,
+        *,
+        tile: int,
+        batch_size: int,
+    ) -> EngineOutput:
         buffer = io.BytesIO()
         output.save(buffer, format="PNG")
         meta: dict[str, Any] = {
