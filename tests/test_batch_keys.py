@@ -109,7 +109,11 @@ def test_params_no_engine_batches_keep_the_plain_signature() -> None:
 def test_upscales_share_a_key_whatever_their_per_job_settings() -> None:
     # Scale (a resize after the network) and face_enhance (a pass on each output) leave the forward pass alone.
     base = SuperResolutionParams("uploads/x.png")
-    for params in (replace(base, input_key="uploads/y.png"), replace(base, scale=2.0), replace(base, face_enhance=True)):
+    for params in (
+        replace(base, input_key="uploads/y.png"),
+        replace(base, scale=2.0),
+        replace(base, face_enhance=True),
+    ):
         assert batch_key("super_resolution", params, unique="b") == batch_key("super_resolution", base, unique="a")
     # A field added later must be classified here before its jobs batch.
     assert {spec.name for spec in fields(SuperResolutionParams)} == UPSCALE_PER_JOB_FIELDS

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from sdserver.engines.upscale.runner import Planes, UpscaleResult, Upscaler, check_scale, make_finish, split_planes
+from sdserver.engines.upscale.runner import Planes, Upscaler, UpscaleResult, check_scale, make_finish, split_planes
 from sdserver.engines.upscale.tiling import (
     Finish,
     OnTile,

@@ -13,10 +13,10 @@ from typing import Any, Final
 import torch
 from PIL import Image
 
+from sdserver.batch_keys import batch_key, is_solo
 from sdserver.catalog.layout import AddonKind, addon_dir, models_dir_for
 from sdserver.catalog.registry import ModelKind
 from sdserver.config import Settings
-from sdserver.batch_keys import batch_key, is_solo
 from sdserver.engines.base import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobFailed, StepContext
 from sdserver.engines.inputs import read_input_image
 from sdserver.engines.lru import FingerprintLRU

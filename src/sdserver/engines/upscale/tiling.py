@@ -111,12 +111,10 @@ def canvas(height: int, width: int, scale: int, like: npt.NDArray[np.generic]) -
 def paste(output: npt.NDArray[np.generic], tile: Tile, pixels: npt.NDArray[np.generic], scale: int) -> None:
     """Copy the core of one tile's output pixels (h×w×channels) into its place in the stitched `output`."""
     rows, cols = tile.rows, tile.cols
-    output[rows.core_start * scale : rows.core_stop * scale, cols.core_start * scale : cols.core_stop * scale] = (
-        pixels[
-            (rows.core_start - rows.start) * scale : (rows.core_stop - rows.start) * scale,
-            (cols.core_start - cols.start) * scale : (cols.core_stop - cols.start) * scale,
-        ]
-    )
+    output[rows.core_start * scale : rows.core_stop * scale, cols.core_start * scale : cols.core_stop * scale] = pixels[
+        (rows.core_start - rows.start) * scale : (rows.core_stop - rows.start) * scale,
+        (cols.core_start - cols.start) * scale : (cols.core_stop - cols.start) * scale,
+    ]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
