@@ -90,11 +90,11 @@ def run_alone(engine: UpscaleEngine, job: Job) -> tuple[EngineOutput, Steps]:
 
 def test_a_batch_gives_each_job_its_alone_image_meta_and_progress(deployment: Deployment) -> None:
     # Same size in RGB and RGBA at different scales, and a greyscale image of another size (other tile shape).
-    picture = smooth_image(64, 40)
+    translucent = smooth_image(64, 40, seed=1).convert("RGBA")
+    translucent.putalpha(smooth_image(64, 40, seed=4).convert("L"))
     jobs = jobs_for(
-        deployment, (picture, 2.5), (smooth_image(64, 40, seed=1).convert("RGBA"), 4.0),
-        (smooth_image(40, 30, seed=2).convert("L"), 2.0),
-    )  # fmt: skip
+        deployment, (smooth_image(64, 40), 2.5), (translucent, 4.0), (smooth_image(40, 30, seed=2).convert("L"), 2.0)
+    )
     contexts = {job.id: Steps() for job in jobs}
     batched = deployment.engine.run(jobs, lambda job: contexts[job.id])
     for job, output in zip(jobs, batched, strict=True):
@@ -167,8 +167,8 @@ def test_a_job_leaving_the_batch_is_skipped_and_the_others_are_untouched(
     batched = deployment.engine.run(jobs, lambda job: contexts[job.id])
     assert batched[1] == EngineOutput(images=[], meta={})
     assert victim.seen == [(1, 4)]
-    # Its three remaining tiles never ran.
-    assert forwards.sizes == [3, 2, 2, 2]
+    # Its three remaining tiles never ran: its mates' eight tiles filled the passes.
+    assert forwards.sizes == [3, 3, 3]
     for index in (0, 2):
         alone, _ = run_alone(deployment.engine, jobs[index])
         assert batched[index].images == alone.images and batched[index].meta["batch_size"] == 3
