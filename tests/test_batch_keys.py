@@ -1,4 +1,4 @@
-"""Batch keys: which generation jobs may share one pipeline call, decided from their typed params alone."""
+"""Batch keys: which jobs may share one pipeline call or forward pass, decided from their typed params alone."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sdserver.batch_keys import PER_JOB_FIELDS, SHARED_FIELDS, batch_key, is_solo
+from sdserver.batch_keys import PER_JOB_FIELDS, SHARED_FIELDS, UPSCALE_PER_JOB_FIELDS, batch_key, is_solo
 from sdserver.job_params import (
     ControlNetParams,
     ControlNetUnit,
@@ -17,6 +17,7 @@ from sdserver.job_params import (
     SchedulerChoice,
     SuperResolutionParams,
 )
+from sdserver.jobs import JobKind, JobSpec
 
 BASE = GenerationParams(prompt="a cat", negative_prompt="blurry", seed=1)
 
@@ -103,3 +104,29 @@ def test_a_setting_outside_both_lists_batches_only_at_its_default() -> None:
 def test_params_no_engine_batches_keep_the_plain_signature() -> None:
     assert batch_key("super_resolution", SuperResolutionParams("uploads/x.png"), unique="a") == ""
     assert batch_key("text2img", FakeParams(), unique="a") == ""
+
+
+def test_upscales_share_a_key_whatever_their_per_job_settings() -> None:
+    # Scale (a resize after the network) and face_enhance (a pass on each output) leave the forward pass alone.
+    base = SuperResolutionParams("uploads/x.png")
+    for params in (
+        replace(base, input_key="uploads/y.png"),
+        replace(base, scale=2.0),
+        replace(base, face_enhance=True),
+    ):
+        assert batch_key("super_resolution", params, unique="b") == batch_key("super_resolution", base, unique="a")
+    # A field added later must be classified here before its jobs batch.
+    assert {spec.name for spec in fields(SuperResolutionParams)} == UPSCALE_PER_JOB_FIELDS
+
+
+def test_upscale_signatures_group_by_model_and_input_size_only() -> None:
+    def signature(model_id: str = "realesr-general-x4v3", size: int = 64, **params: Any) -> str:
+        return JobSpec(
+            owner_key_id=1, kind=JobKind.SUPER_RESOLUTION, model_id=model_id,
+            params=SuperResolutionParams("uploads/x.png", **params), output_keys=("outputs/a.png",),
+            future_links=("http://x/a.png",), width=size, height=size,
+        ).batch_signature  # fmt: skip
+
+    assert signature(scale=2.0) == signature(scale=4.0, face_enhance=True)
+    assert signature() != signature(size=65)
+    assert signature() != signature(model_id="RealESRGAN_x4plus")

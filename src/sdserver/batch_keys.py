@@ -1,4 +1,5 @@
-"""Batch keys: which generation jobs may share one pipeline call (same key), decided from their typed params alone."""
+"""Batch keys: which jobs may share one pipeline call or forward pass (same key), decided from their typed params
+alone."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from dataclasses import fields
 from typing import Any, Final
 
-from sdserver.job_params import ControlNetParams, GenerationParams, JobParams
+from sdserver.job_params import ControlNetParams, GenerationParams, JobParams, SuperResolutionParams
 
 # Kinds the diffusion engine runs as one call; inpaint (mask blending) and ControlNet (per-job hints) never batch.
 BATCHABLE_KINDS: Final = frozenset({"text2img", "img2img"})
@@ -20,9 +21,21 @@ PER_JOB_FIELDS: Final = frozenset(
 # Schedulers whose noise is drawn per call, not per image (DPM-Solver SDE's Brownian tree): their jobs run alone.
 SOLO_SCHEDULERS: Final = frozenset({"DPMSolverSDEScheduler"})
 SOLO_PREFIX: Final = "solo:"
+# Super-resolution settings each job keeps inside a batch: none changes the network's forward pass. The scale is a
+# resize of the network's output and the face pass runs on each job's output after it, so jobs of one model share
+# forward passes whatever their values (the signature's input size keeps the tiles of a batch one shape).
+UPSCALE_PER_JOB_FIELDS: Final = frozenset({"input_key", "scale", "face_enhance"})
 _DEFAULTS: Final = GenerationParams(prompt="")
 
-__all__ = ["BATCHABLE_KINDS", "PER_JOB_FIELDS", "SHARED_FIELDS", "SOLO_PREFIX", "batch_key", "is_solo"]
+__all__ = [
+    "BATCHABLE_KINDS",
+    "PER_JOB_FIELDS",
+    "SHARED_FIELDS",
+    "SOLO_PREFIX",
+    "UPSCALE_PER_JOB_FIELDS",
+    "batch_key",
+    "is_solo",
+]
 
 
 def batch_key(kind: str, params: JobParams, *, unique: str) -> str:
@@ -30,9 +43,12 @@ def batch_key(kind: str, params: JobParams, *, unique: str) -> str:
 
     Generation jobs of a batchable kind get a digest of their shared settings; any other field (the refiner, a
     mask, or a field added later) must be at its default, else the job runs alone: `solo:<unique>` (`unique` is
-    something no other job has, e.g. its first output key)."""
+    something no other job has, e.g. its first output key). Upscales keep the plain signature (kind, model, input
+    size), which is all their batches share, unless a field added later is set."""
+    if isinstance(params, SuperResolutionParams):
+        return _upscale_key(params, unique)
     if not isinstance(params, GenerationParams):
-        # ControlNet reads per-job hints; upscales and test jobs keep the plain signature (their engines loop).
+        # ControlNet reads per-job hints; test jobs keep the plain signature (their engine loops).
         return _solo(unique) if isinstance(params, ControlNetParams) else ""
     if kind not in BATCHABLE_KINDS or params.scheduler.class_name in SOLO_SCHEDULERS:
         return _solo(unique)
@@ -51,6 +67,13 @@ def batch_key(kind: str, params: JobParams, *, unique: str) -> str:
     shared["negative_prompt"] = bool(params.negative_prompt)
     digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:32]
     return f"batch:{digest}"
+
+
+def _upscale_key(params: SuperResolutionParams, unique: str) -> str:
+    for spec in fields(SuperResolutionParams):
+        if spec.name not in UPSCALE_PER_JOB_FIELDS and getattr(params, spec.name) != spec.default:
+            return _solo(unique)
+    return ""
 
 
 def _solo(unique: str) -> str:

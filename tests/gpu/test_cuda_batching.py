@@ -1,5 +1,6 @@
-"""Cross-request batching on CUDA: a batch of tiny SD 1.5 and SDXL jobs in fp16 gives each job the image it makes
-alone, and the automatic batch size comes from the device's free memory. Skipped without a CUDA device."""
+"""Cross-request batching on CUDA: a batch of tiny SD 1.5 and SDXL jobs in fp16, and a batch of upscales, gives
+each job the image it makes alone, and the automatic batch size comes from the device's free memory. Skipped
+without a CUDA device."""
 
 from __future__ import annotations
 
@@ -58,3 +59,29 @@ def test_a_cuda_batch_gives_each_job_its_alone_image(engine: DiffusionEngine, fa
 def test_automatic_batch_size_on_cuda(engine: DiffusionEngine) -> None:
     size = worker_max_batch(0, [engine])
     assert 1 <= size <= 16
+
+
+def test_a_cuda_upscale_batch_gives_each_job_its_alone_image(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from sdserver.engines.upscale.engine import UpscaleEngine, weights_folder
+    from sdserver.engines.upscale.tiny import write_official_weights
+    from sdserver.objects.base import make_object_key
+    from tests.engines.upscale.test_tiling import smooth_image
+    from tests.gpu.test_cuda_engines import upscale_job
+    from tests.support.tiny_sd import png_bytes
+
+    settings = Settings(data_dir=tmp_path)
+    objects = LocalObjectStore(tmp_path / "objects", "http://test", b"secret", 3600)
+    write_official_weights(weights_folder(settings), "RealESRGAN_x4plus", "params_ema")
+    engine = UpscaleEngine(settings, objects, device="cuda", tile=64)
+    jobs = []
+    for index in range(6):
+        picture = png_bytes(smooth_image(160, 120, seed=index))
+        key = objects.put(make_object_key("uploads", "png", temp=False), picture, "image/png").key
+        jobs.append(replace(upscale_job(key, "RealESRGAN_x4plus", 2.0 + index % 3), id=index + 1))
+    batched = engine.run(jobs, lambda _job: RecordingContext())
+    for single, output in zip(jobs, batched, strict=True):
+        assert output.meta["batch_size"] == len(jobs) and output.meta["precision"] in ("fp16", "bf16")
+        [alone] = engine.run([single], lambda _job: RecordingContext())
+        assert np.abs(pixels(output.images[0]) - pixels(alone.images[0])).mean() <= MAX_GREY_LEVELS

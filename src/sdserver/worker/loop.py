@@ -95,6 +95,11 @@ class _JobContext:
     def step(self, done: int, total: int) -> None:
         self._worker.on_step(self._run, self._batch, done, total)
 
+    @property
+    def stopped(self) -> bool:
+        """Cancelled or lost while its batch-mates run on: an engine may skip the rest of this job's work."""
+        return self._run.cancel or self._run.lease_lost()
+
 
 class Worker:
     """Runs jobs until `stop` is set. One engine call at a time; a heartbeat thread renews leases meanwhile."""

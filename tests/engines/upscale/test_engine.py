@@ -146,7 +146,7 @@ def test_runs_a_job_and_reports_meta_progress_and_held_models(deployment: Deploy
     assert image.format == "PNG" and image.size == (160, 100)
     assert meta == {
         "model_id": COMPACT, "scale": 2.5, "input_size": [64, 40], "output_size": [160, 100],
-        "precision": "fp32", "tile": 32,
+        "precision": "fp32", "tile": 32, "batch_size": 1,
     }  # fmt: skip
     assert steps.seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert set(deployment.engine.held_models()) == {COMPACT}

@@ -74,6 +74,11 @@ def _to_tensor(pixels: npt.NDArray[np.float32]) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None]
 
 
+def check_scale(scale: float) -> None:
+    if not MIN_SCALE <= scale <= MAX_SCALE:
+        raise ValueError(f"scale must be between {MIN_SCALE:g} and {MAX_SCALE:g}, got {scale!r}")
+
+
 def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """The requested size: each side times `scale`, rounded half up, at least 1."""
     return max(1, math.floor(width * scale + 0.5)), max(1, math.floor(height * scale + 0.5))
@@ -140,17 +145,29 @@ class Upscaler:
         self, image: Image.Image, scale: float, *, tile: int | None = None, on_tile: OnTile | None = None
     ) -> UpscaleResult:
         """`image` upscaled by `scale` (1–4, fractions allowed); `tile` None = default, 0 = whole image."""
-        if not MIN_SCALE <= scale <= MAX_SCALE:
-            raise ValueError(f"scale must be between {MIN_SCALE:g} and {MAX_SCALE:g}, got {scale!r}")
-        width, height = image.size
+        check_scale(scale)
         planes = split_planes(image)
-        colour = _pad_to_multiple(planes.colour, self.multiple)
         with torch.inference_mode():
             pixels, used = run_tiles_with_retry(
-                self._forward, colour, scale=self.scale, tile=self.default_tile if tile is None else tile,
+                self.forward, self.network_input(planes), scale=self.scale, tile=self.tile_or_default(tile),
                 pad=self.tile_pad, multiple=self.multiple, finish=make_finish(planes.layout), on_tile=on_tile,
-                batch=self.tile_batch, free_memory=self._free_memory,
+                batch=self.tile_batch, free_memory=self.free_memory,
             )  # fmt: skip
+        return UpscaleResult(self.finish_image(pixels, planes, image.size, scale), used)
+
+    def tile_or_default(self, tile: int | None) -> int:
+        return self.default_tile if tile is None else tile
+
+    def network_input(self, planes: Planes) -> Tensor:
+        """The colour planes padded to the network's input multiple (1×3×H×W)."""
+        return _pad_to_multiple(planes.colour, self.multiple)
+
+    def finish_image(
+        self, pixels: npt.NDArray[np.generic], planes: Planes, size: tuple[int, int], scale: float
+    ) -> Image.Image:
+        """Stitched network pixels to the output image: padding cropped off, resized from the network's scale to
+        `scale` times `size` (width, height), alpha put back."""
+        width, height = size
         result = to_image(pixels[: height * self.scale, : width * self.scale], planes.layout)
         target = output_size(width, height, scale)
         if result.size != target:
@@ -158,14 +175,15 @@ class Upscaler:
         if planes.alpha is not None:
             alpha = planes.alpha.resize(target, RESAMPLE)
             result = Image.merge("RGBA" if planes.layout == "RGB" else "LA", (*result.split(), alpha))
-        return UpscaleResult(result, used)
+        return result
 
-    def _forward(self, batch: Tensor) -> Tensor:
+    def forward(self, batch: Tensor) -> Tensor:
+        """The network on a batch of windows (B×3×h×w floats in [0, 1], any device): B×3×(h·scale)×(w·scale)."""
         inputs = batch.to(device=self.device, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
         output: Tensor = self.model(inputs)
         return output
 
-    def _free_memory(self) -> None:
+    def free_memory(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

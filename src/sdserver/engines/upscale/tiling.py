@@ -86,23 +86,35 @@ def run_tiles(
     output: npt.NDArray[np.generic] | None = None
     for first in range(0, len(tiles), max(1, batch)):
         group = tiles[first : first + max(1, batch)]
-        windows = [image[:, :, t.rows.start : t.rows.stop, t.cols.start : t.cols.stop] for t in group]
+        windows = [window(image, piece) for piece in group]
         pixels = finish(forward(torch.cat(windows)))
         if output is None:
-            output = np.empty((height * scale, width * scale, pixels.shape[-1]), dtype=pixels.dtype)
+            output = canvas(height, width, scale, pixels)
         for index, piece in enumerate(group):
-            rows, cols = piece.rows, piece.cols
-            output[
-                rows.core_start * scale : rows.core_stop * scale, cols.core_start * scale : cols.core_stop * scale
-            ] = pixels[
-                index,
-                (rows.core_start - rows.start) * scale : (rows.core_stop - rows.start) * scale,
-                (cols.core_start - cols.start) * scale : (cols.core_stop - cols.start) * scale,
-            ]
+            paste(output, piece, pixels[index], scale)
         if on_tile is not None:
             on_tile(first + len(group), len(tiles))
     assert output is not None  # plan_tiles always yields at least one tile
     return output
+
+
+def window(image: Tensor, tile: Tile) -> Tensor:
+    """The part of `image` (1×C×H×W) the network sees for `tile`."""
+    return image[:, :, tile.rows.start : tile.rows.stop, tile.cols.start : tile.cols.stop]
+
+
+def canvas(height: int, width: int, scale: int, like: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+    """The empty stitched output for an input of `height`×`width`, in the channels and dtype of `like`'s pixels."""
+    return np.empty((height * scale, width * scale, like.shape[-1]), dtype=like.dtype)
+
+
+def paste(output: npt.NDArray[np.generic], tile: Tile, pixels: npt.NDArray[np.generic], scale: int) -> None:
+    """Copy the core of one tile's output pixels (h×w×channels) into its place in the stitched `output`."""
+    rows, cols = tile.rows, tile.cols
+    output[rows.core_start * scale : rows.core_stop * scale, cols.core_start * scale : cols.core_stop * scale] = pixels[
+        (rows.core_start - rows.start) * scale : (rows.core_stop - rows.start) * scale,
+        (cols.core_start - cols.start) * scale : (cols.core_stop - cols.start) * scale,
+    ]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
