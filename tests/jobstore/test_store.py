@@ -637,6 +637,22 @@ def test_eta_plays_the_queue_as_batching_workers_take_it(store: JobStore) -> Non
     assert [store.eta_seconds(job) for job in (a1, b1, a2)] == [10, 20, 30]
 
 
+def test_eta_follows_claim_affinity_and_its_starvation_guard(store: JobStore, db: Db) -> None:
+    store.register_worker("w", device="cpu", engines=["diffusers"], max_models=1)
+    store.worker_heartbeat("w", held_models=["model-b"])
+    a1, b1 = store.submit(make_spec(model_id="model-a", steps=10)), store.submit(make_spec(model_id="model-b"))
+    # The worker holds model-b: b1 runs first, then model-a is loaded for a1.
+    assert [store.queue_position(job) for job in (a1, b1)] == [1, 2]
+    assert [store.eta_seconds(job) for job in (a1, b1)] == [10 + DEFAULT_LOAD_S + 10, 10]
+    # Past the affinity limit the oldest job goes first whatever the worker holds.
+    db.clock.advance(31)
+    store.worker_heartbeat("w", held_models=["model-b"])
+    assert [store.eta_seconds(job) for job in (a1, b1)] == [
+        DEFAULT_LOAD_S + 10,
+        DEFAULT_LOAD_S + 10 + DEFAULT_LOAD_S + 10,
+    ]
+
+
 def test_running_eta_counts_the_load_and_moves_within_a_step(store: JobStore, db: Db) -> None:
     run_to_success(store, store.submit(make_spec(model_id="m", steps=10)), sps=3.0)  # 3 s per step here
     job = store.submit(make_spec(model_id="m", steps=10))

@@ -7,8 +7,9 @@ import math
 import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,8 +27,10 @@ DEFAULT_SECONDS_PER_UNIT = 1.0
 DEFAULT_LOAD_S = 10.0
 # A worker that has not heartbeaten for this long no longer counts towards throughput.
 LIVE_WORKER_S = 60.0
-# The ETA of a batching fleet plays at most this many queued jobs through (one row each).
-_PLAYED = 500
+# The ETA plays at most this many queued jobs through as the workers would claim them (one row each).
+_PLAYED = 300
+# The claims' starvation guard (JobStore.claim's `affinity_max_wait_s`).
+AFFINITY_MAX_WAIT_S = 30.0
 # One unit of work: one step at 512×512 (upscales and other step-less jobs: one pass over their pixels).
 _UNIT_PIXELS = 512 * 512
 
@@ -170,8 +173,9 @@ class Estimate:
 class _Workers:
     live: int
     held: frozenset[str]
-    # The largest batch a live worker runs (1: no batching).
+    # The largest batch a live worker runs (1: no batching), and how many models one keeps loaded.
     max_batch: int = 1
+    max_models: int = 1
 
 
 def estimate(conn: Connection, job: Job, *, now: datetime, memory: CostMemory | None = None) -> Estimate:
@@ -185,7 +189,7 @@ def estimate(conn: Connection, job: Job, *, now: datetime, memory: CostMemory | 
     running_s, running_models = _running(conn, book, now)
     # A model a running job uses is loaded (or loading) on its worker already.
     held = fleet.held | running_models
-    played = _played_queue(conn, job, book, held, fleet.max_batch) if fleet.max_batch > 1 else None
+    played = _played_queue(conn, job, book, replace(fleet, held=held), now=now, start_s=running_s / max(1, fleet.live))
     if played is not None:
         ahead, before_s, own = played
         return Estimate(ahead + 1, _whole_seconds((before_s + running_s) / max(1, fleet.live) + own))
@@ -213,9 +217,11 @@ def _whole_seconds(seconds: float) -> int:
 
 def _live_workers(conn: Connection, now: datetime) -> _Workers:
     since = to_db_time(now - timedelta(seconds=LIVE_WORKER_S))
-    rows = conn.execute(sa.select(workers.c.held_models, workers.c.max_batch).where(workers.c.last_seen >= since)).all()
+    query = sa.select(workers.c.held_models, workers.c.max_batch, workers.c.max_models)
+    rows = conn.execute(query.where(workers.c.last_seen >= since)).all()
     held = frozenset(model for row in rows for model in load_strings(row.held_models))
-    return _Workers(len(rows), held, max((int(row.max_batch or 1) for row in rows), default=1))
+    max_batch = max((int(row.max_batch or 1) for row in rows), default=1)
+    return _Workers(len(rows), held, max_batch, max((int(row.max_models or 1) for row in rows), default=1))
 
 
 def _queued_groups(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
@@ -249,14 +255,27 @@ def _queued_ahead(conn: Connection, job: Job, book: CostBook, held: frozenset[st
 
 
 def _played_queue(
-    conn: Connection, job: Job, book: CostBook, held: frozenset[str], max_batch: int
+    conn: Connection, job: Job, book: CostBook, fleet: _Workers, *, now: datetime, start_s: float
 ) -> tuple[int, float, float] | None:
-    """The queue played as batching workers take it: oldest job first, with up to `max_batch - 1` later jobs of
-    the same batch signature in its batch (so a later job can finish before an earlier one). Returns the jobs
-    ahead of `job` (by age), the seconds of the batches before `job`'s, and its own batch's seconds; None when
-    `job` is not among the oldest `_PLAYED` queued jobs (the grouped estimate then answers)."""
+    """The queue played as the workers will claim it (jobstore.claims): a job waiting past the affinity limit
+    first, else the oldest job of a model a worker holds, else the oldest job, each with up to `max_batch - 1`
+    queued jobs of its batch signature; a model not held is loaded first (and pushes out the least recent one
+    beyond the workers' model capacity). Starts `start_s` from `now` (when the running jobs are done).
+
+    Returns the jobs ahead of `job` by age (its queue position − 1), the seconds of the batches run before
+    `job`'s and its own batch's seconds (load included); None when `job` is not among the oldest `_PLAYED`
+    queued jobs (the grouped estimate answers then).
+    """
     rows = conn.execute(
-        sa.select(jobs.c.id, jobs.c.model_id, jobs.c.width, jobs.c.height, jobs.c.steps, jobs.c.batch_signature)
+        sa.select(
+            jobs.c.id,
+            jobs.c.model_id,
+            jobs.c.width,
+            jobs.c.height,
+            jobs.c.steps,
+            jobs.c.batch_signature,
+            jobs.c.created_at,
+        )
         .where(jobs.c.status == JobStatus.QUEUED.value)
         .order_by(jobs.c.created_at, jobs.c.id)
         .limit(_PLAYED)
@@ -264,23 +283,47 @@ def _played_queue(
     index = next((at for at, row in enumerate(rows) if row.id == job.id), None)
     if index is None:
         return None
+    by_model: dict[str, deque[Any]] = {}
+    by_signature: dict[str, deque[Any]] = {}
+    for row in rows:
+        by_model.setdefault(row.model_id, deque()).append(row)
+        by_signature.setdefault(row.batch_signature, deque()).append(row)
     taken: set[int] = set()
-    loaded = set(held)
+    oldest = deque(rows)
+    loaded = list(fleet.held)  # least recently used first
+    # What the workers hold now fits in them, whatever they said at start.
+    capacity = max(fleet.max_models, len(loaded))
+    live = max(1, fleet.live)
     before = 0.0
-    for at, head in enumerate(rows):
-        if head.id in taken:
-            continue
-        batch = [
-            head,
-            *[row for row in rows[at + 1 :] if row.id not in taken and row.batch_signature == head.batch_signature],
-        ]
-        batch = batch[:max_batch]
+
+    def first_waiting(queue: deque[Any]) -> Any:
+        while queue and queue[0].id in taken:
+            queue.popleft()
+        return queue[0] if queue else None
+
+    while (head := first_waiting(oldest)) is not None:
+        starved_before = now + timedelta(seconds=start_s + before / live - AFFINITY_MAX_WAIT_S)
+        if loaded and stored_time(head.created_at) > starved_before:
+            held_heads = [first_waiting(by_model.get(model, deque())) for model in loaded]
+            waiting = [row for row in held_heads if row is not None]
+            if waiting:
+                head = min(waiting, key=lambda row: (stored_time(row.created_at), row.id))
+        mates = by_signature[head.batch_signature]
+        batch = [head]
+        for row in mates:
+            if len(batch) >= fleet.max_batch:
+                break
+            if row.id not in taken and row.id != head.id:
+                batch.append(row)
         taken.update(row.id for row in batch)
         units = sum(work_units(row.width, row.height, row.steps) for row in batch)
         seconds = book.cost(head.model_id).seconds(units, jobs=len(batch))
-        if head.model_id not in loaded:
-            loaded.add(head.model_id)
+        if head.model_id in loaded:
+            loaded.remove(head.model_id)
+        else:
             seconds += book.load_seconds(head.model_id)
+        loaded.append(head.model_id)
+        del loaded[: max(0, len(loaded) - capacity)]
         if any(row.id == job.id for row in batch):
             return index, before, seconds
         before += seconds

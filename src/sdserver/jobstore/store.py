@@ -15,7 +15,7 @@ from sdserver.database import utcnow
 from sdserver.errors import JobErrorCode, LeaseLostError, NotFoundError
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus, WebhookStatus, can_transition
 from sdserver.jobstore.claims import batch_mates, claimable, pick_head
-from sdserver.jobstore.eta import CostMemory, Estimate, estimate
+from sdserver.jobstore.eta import AFFINITY_MAX_WAIT_S, CostMemory, Estimate, estimate
 from sdserver.jobstore.outbox import WebhookDelivery, claim_due, enqueue_delivery, record_attempt
 from sdserver.jobstore.pg_wakeups import CHANGE_CHANNEL, WORK_CHANNEL, PgWakeups, notify
 from sdserver.jobstore.sqlite_wakeups import SqliteChangeWatch
@@ -160,9 +160,13 @@ class JobStore:
 
     # --- worker registry
 
-    def register_worker(self, worker_id: str, *, device: str, engines: Sequence[str], max_batch: int = 1) -> None:
+    def register_worker(
+        self, worker_id: str, *, device: str, engines: Sequence[str], max_batch: int = 1, max_models: int = 1
+    ) -> None:
+        """A worker starts: what it runs, and how it claims (batch size, models kept loaded) for the ETA."""
         now = self._now()
-        values = {"device": device, "engines": dump_json(list(engines)), "last_seen": now, "max_batch": max_batch}
+        values = {"device": device, "engines": dump_json(list(engines)), "last_seen": now}
+        values |= {"max_batch": max_batch, "max_models": max_models}
         with self._write() as conn:
             upsert_worker(conn, worker_id, values, started_at=now, held_models="[]")
 
@@ -192,7 +196,7 @@ class JobStore:
         held_models: Collection[str] = (),
         lease_s: float,
         max_batch: int = 1,
-        affinity_max_wait_s: float = 30.0,
+        affinity_max_wait_s: float = AFFINITY_MAX_WAIT_S,
         peers_seen_within_s: float = 30.0,
     ) -> list[Job]:
         if (kinds is not None and not kinds) or (models is not None and not models) or max_batch < 1:

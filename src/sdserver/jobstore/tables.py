@@ -94,6 +94,7 @@ workers = sa.Table(
     sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False, index=True),
     # How many matching jobs the worker runs as one batch (the ETA plays the queue as the workers will).
     sa.Column("max_batch", sa.Integer, nullable=True),
+    sa.Column("max_models", sa.Integer, nullable=True),
 )
 
 

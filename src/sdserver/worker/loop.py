@@ -128,6 +128,7 @@ class Worker:
         self._batch_window_s = batch_window_s
         self._control = control
         self._lease_s = settings.job_lease_s
+        self._max_models = settings.diffusion_max_loaded
         self._beat_s = settings.job_lease_s / 3
         self._lock = threading.Lock()
         self._runs: list[_Run] = []
@@ -149,7 +150,11 @@ class Worker:
         if not self._retry_until_stopped(
             "register",
             lambda: self._jobs.register_worker(
-                self.worker_id, device=self._device, engines=names, max_batch=self._max_batch
+                self.worker_id,
+                device=self._device,
+                engines=names,
+                max_batch=self._max_batch,
+                max_models=self._max_models,
             ),
         ):
             return EXIT_OK
