@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     # CodeFormer's fidelity (0: trust its face prior most, 1: stay closest to the input).
     face_restorer: Literal["gfpgan-1.4", "gfpgan-1.3", "codeformer"] = "gfpgan-1.4"
     codeformer_fidelity: float = Field(default=0.5, ge=0.0, le=1.0)
+    # torch.compile backend for the denoiser (UNet/transformer), compiled and warmed up when a model loads
+    # (docs/gpu.md); empty: off. "inductor" is torch's default compiler; "eager" only traces (a check that
+    # compiling works).
+    torch_compile: str = ""
+    # Images above this many pixels decode through the VAE in tiles (bounded memory, faint blended seams).
+    vae_tile_pixels: int = Field(default=2048 * 2048, ge=64 * 64)
     # Diffusion models a worker keeps loaded (least recently used goes first).
     diffusion_max_loaded: int = Field(default=1, ge=1, le=16)
     # Generation jobs a worker runs as one pipeline call when their settings match (docs/batching.md); 0: automatic

@@ -19,6 +19,7 @@ from sdserver.catalog.ids import is_valid_model_id
 from sdserver.catalog.layout import ModelSource, find_model, list_models, models_dir_for
 from sdserver.catalog.registry import ModelKind
 from sdserver.engines.base import DeviceFailure, DeviceOutOfMemory, EngineOutput, JobFailed, StepContext
+from sdserver.engines.diffusion.acceleration import allow_tf32, tile_vae_for
 from sdserver.engines.diffusion.batching import batch_groups, run_batch
 from sdserver.engines.diffusion.controlnet import ControlNetCache, run_controlnet_job
 from sdserver.engines.diffusion.families import check_kind, detect_model
@@ -84,6 +85,9 @@ class DiffusionEngine:
         self._objects = objects
         self.placement: Placement = choose_placement(precision, device)
         self._precision_setting: PrecisionSetting = precision
+        self._compile_backend = settings.torch_compile
+        self._vae_tile_pixels = settings.vae_tile_pixels
+        allow_tf32(self.placement.device)
         self._free_bytes = memory_probe or (lambda: free_device_memory(self.placement.device))
         self._loaded: FingerprintLRU[str, LoadedModel] = FingerprintLRU(max_loaded)
         # The SDXL refiner, held apart from the models it refines so that loading it never evicts the base.
@@ -161,6 +165,8 @@ class DiffusionEngine:
         says how many jobs shared each one's forward passes."""
         outputs: dict[int, EngineOutput] = {}
         for group in batch_groups(jobs):
+            # Highres fix and upscale work at the job's own size too: its final size decides the VAE mode.
+            tile_vae_for(model.pipelines[group[0].kind], group[0].width, group[0].height, self._vae_tile_pixels)
             if len(group) > 1:
                 done = run_batch(
                     model, group, self._objects, ctx, models_dir=self._models_dir, nsfw_threshold=self._nsfw_threshold
@@ -221,7 +227,7 @@ class DiffusionEngine:
             placement.precision,
             placement.device,
         )
-        model = load_model(source, placement, info)
+        model = load_model(source, placement, info, compile_backend=self._compile_backend)
         self._loaded.put(model_id, model.fingerprint, model)
         return model
 

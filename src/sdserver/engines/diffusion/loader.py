@@ -15,6 +15,7 @@ from sdserver.catalog.families import FamilyInfo, ModelFamily, PredictionType
 from sdserver.catalog.families.capabilities import FamilyCapabilities, model_capabilities
 from sdserver.catalog.layout import ModelFormat, ModelSource
 from sdserver.engines.base import JobFailed
+from sdserver.engines.diffusion.acceleration import compile_denoiser, use_channels_last, warm_up
 from sdserver.engines.diffusion.addons import AddonCache
 from sdserver.engines.diffusion.families import (
     INPAINT_IN_CHANNELS,
@@ -86,9 +87,12 @@ def bundled_config_dir() -> Path:
     return Path(str(resources.files("sdserver.engines.diffusion") / "configs" / "sd15"))
 
 
-def load_model(source: ModelSource, placement: Placement, info: FamilyInfo) -> LoadedModel:
+def load_model(
+    source: ModelSource, placement: Placement, info: FamilyInfo, *, compile_backend: str = ""
+) -> LoadedModel:
     """Load weights once, as the family's own pipeline, and build the other kinds' pipelines around them.
-    `info` is what `families.detect_model` found. Raises JobFailed for files that do not load."""
+    `info` is what `families.detect_model` found; `compile_backend`: torch.compile the denoiser with it and warm it
+    up (empty: not compiled). Raises JobFailed for files that do not load."""
     classes = pipeline_classes(info)
     loading_class = next(iter(classes.values()))
     try:
@@ -105,17 +109,23 @@ def load_model(source: ModelSource, placement: Placement, info: FamilyInfo) -> L
         raise JobFailed(JobErrorCode.MODEL_LOAD_FAILED, f"Model {source.model_id} could not be loaded: {exc}") from exc
     if placement.device != "cpu":
         base.to(placement.device)
+    use_channels_last(base, placement.device)
     _settle_prediction_type(base, info)
     for component in base.components.values():
         if isinstance(component, torch.nn.Module):
             # Single-file loading can leave text encoders in training mode (T5's dropout would make every run differ).
             component.eval()
     options = LOAD_OPTIONS[info.family]
+    # Compiled before the siblings are built from `base`, so every pipeline shares the compiled denoiser.
+    compiled = compile_denoiser(base, compile_backend) if compile_backend else []
     pipelines = {
         kind: base if type(base) is cls else sibling_pipeline(cls, base, **options) for kind, cls in classes.items()
     }
     for pipeline in pipelines.values():
         pipeline.set_progress_bar_config(disable=True)
+    capabilities = model_capabilities(info)
+    if compiled and JobKind.TEXT2IMG in pipelines:
+        warm_up(pipelines[JobKind.TEXT2IMG], capabilities.default_size)
     return LoadedModel(
         model_id=source.model_id,
         fingerprint=source.fingerprint(),
@@ -124,7 +134,7 @@ def load_model(source: ModelSource, placement: Placement, info: FamilyInfo) -> L
         scheduler_config=base.scheduler.config,
         text_layers=_text_layers(base),
         info=info,
-        capabilities=model_capabilities(info),
+        capabilities=capabilities,
         weight_bytes=module_bytes(base),
     )
 
