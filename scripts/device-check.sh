@@ -36,7 +36,7 @@ status=0
 "$python_bin" -m pytest -q -p no:cacheprovider --noconftest -m gpu tests/gpu --junitxml "$out/gpu-tests.xml" \
     2>&1 | tee "$out/gpu-tests.log" || status=1
 if [ "${1:-}" != "--tests-only" ] && "$python_bin" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
-    # P1 (round trip through the API, 512², 25 steps) and P8 (precision) at their GPU sizes.
-    "$python_bin" -m bench --only P1,P8 --no-charts --out "$out" 2>&1 | tee "$out/bench.log" || status=1
+    # P1 (round trip through the API, 512², 25 steps), P8 (precision) and P9 (batching: 16 jobs on vs off) at GPU sizes.
+    "$python_bin" -m bench --only P1,P8,P9 --no-charts --out "$out" 2>&1 | tee "$out/bench.log" || status=1
 fi
 exit $status

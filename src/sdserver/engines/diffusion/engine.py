@@ -165,8 +165,9 @@ class DiffusionEngine:
         says how many jobs shared each one's forward passes."""
         outputs: dict[int, EngineOutput] = {}
         for group in batch_groups(jobs):
-            # Highres fix and upscale work at the job's own size too: its final size decides the VAE mode.
-            tile_vae_for(model.pipelines[group[0].kind], group[0].width, group[0].height, self._vae_tile_pixels)
+            # Every pipeline of the model (ControlNet's too) shares one VAE: the job's final size decides its mode.
+            any_pipeline = next(iter(model.pipelines.values()))
+            tile_vae_for(any_pipeline, group[0].width, group[0].height, self._vae_tile_pixels)
             if len(group) > 1:
                 done = run_batch(
                     model, group, self._objects, ctx, models_dir=self._models_dir, nsfw_threshold=self._nsfw_threshold
