@@ -4,10 +4,8 @@ without touching the others."""
 
 from __future__ import annotations
 
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +14,13 @@ import pytest
 from PIL import Image
 
 from sdserver.catalog.schedulers import plan_scheduler
-from sdserver.engines.base import EngineOutput, StepContext
 from sdserver.engines.diffusion.engine import DiffusionEngine
 from sdserver.job_params import GenerationParams
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus
 from sdserver.objects.base import make_object_key
 from sdserver.worker.batching import CPU_MAX_BATCH, resolve_max_batch, worker_max_batch
-from sdserver.worker.loop import Worker
 from tests.support.tiny_sd import make_tiny_model, pixels, png_bytes
+from tests.worker.batch_harness import CancelAfterFirstStep, QuietSteps, RunningWorker
 from tests.worker.test_loop import Harness, close_harness, make_settings, open_harness
 
 pytestmark = [
@@ -66,51 +63,6 @@ def submit(harness: Harness, index: int, kind: JobKind = JobKind.TEXT2IMG, **par
     return harness.store.submit(spec)
 
 
-class CancelAtStep:
-    """The real engine, with a user who cancels one job (through the store) once it has done its first step."""
-
-    def __init__(self, inner: DiffusionEngine, harness: Harness, victim: int) -> None:
-        self.inner, self.harness, self.victim = inner, harness, victim
-        self.name = inner.name
-        self.batchable = inner.batchable
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def run(self, jobs: Sequence[Job], ctx: Callable[[Job], StepContext]) -> list[EngineOutput]:
-        harness, victim = self.harness, self.victim
-
-        class Hook:
-            def __init__(self, job: Job) -> None:
-                self.job, self.inner = job, ctx(job)
-
-            def step(self, done: int, total: int) -> None:
-                if self.job.id == victim and done == 1:
-                    harness.store.cancel(victim, owner_key_id=None)
-                    time.sleep(0.3)  # past the progress interval: the worker hears of it at this very step
-                self.inner.step(done, total)
-
-        return self.inner.run(jobs, Hook)
-
-
-class Running:
-    def __init__(self, harness: Harness, engine: Any, *, max_batch: int, window_s: float) -> None:
-        self.stop = threading.Event()
-        self.worker = Worker(
-            harness.settings, harness.store, harness.objects, [engine], f"w-{uuid.uuid4().hex[:6]}",
-            max_batch=max_batch, batch_window_s=window_s, idle_wait_s=0.05,
-        )  # fmt: skip
-        self.thread = threading.Thread(target=self.worker.run, args=(self.stop,), daemon=True)
-
-    def __enter__(self) -> Running:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop.set()
-        self.thread.join(30)
-
-
 def engine_for(harness: Harness) -> DiffusionEngine:
     return DiffusionEngine(harness.settings, harness.objects)
 
@@ -119,21 +71,21 @@ def test_queued_mates_run_as_one_batch_and_each_gets_its_own_images(harness: Har
     jobs = [submit(harness, index) for index in range(3)]
     loner = submit(harness, 9, guidance_scale=2.0)
     engine = engine_for(harness)
-    with Running(harness, engine, max_batch=4, window_s=0.0):
+    with RunningWorker(harness, engine, max_batch=4, window_s=0.0):
         done = [harness.wait_terminal(job.id, timeout=120) for job in [*jobs, loner]]
     assert all(job.status is JobStatus.SUCCEEDED for job in done), [job.error_message for job in done]
     assert [job.result["batch_size"] for job in done] == [3, 3, 3, 1]
     assert all(job.progress_step == job.progress_total == STEPS for job in done)
     # Each stored image is its own job's: the same job alone makes the same picture.
     for job in done[:3]:
-        [alone] = engine.run([job], lambda _job: _Quiet())
+        [alone] = engine.run([job], lambda _job: QuietSteps())
         stored = harness.objects.get(job.output_keys[0])
         assert np.abs(pixels(stored) - pixels(alone.images[0])).mean() <= 1.0
 
 
 def test_a_job_arriving_within_the_window_joins_the_batch(harness: Harness) -> None:
     first = submit(harness, 0)
-    with Running(harness, engine_for(harness), max_batch=4, window_s=5.0):
+    with RunningWorker(harness, engine_for(harness), max_batch=4, window_s=5.0):
         harness.wait_for(first.id, lambda job: job.status is JobStatus.RUNNING, timeout=60)
         late = submit(harness, 1)
         done = [harness.wait_terminal(job.id, timeout=120) for job in (first, late)]
@@ -145,7 +97,7 @@ def test_a_batch_window_longer_than_the_lease_keeps_the_jobs_in_hand(tmp_path: P
     try:
         make_tiny_model(built.settings.data_dir / "models", MODEL)
         first = submit(built, 0)
-        with Running(built, engine_for(built), max_batch=4, window_s=3.0):
+        with RunningWorker(built, engine_for(built), max_batch=4, window_s=3.0):
             built.wait_for(first.id, lambda job: job.status is JobStatus.RUNNING, timeout=60)
             time.sleep(2.0)  # twice the lease, inside the window
             late = submit(built, 1)
@@ -160,7 +112,7 @@ def test_a_batch_window_longer_than_the_lease_keeps_the_jobs_in_hand(tmp_path: P
 
 def test_without_batching_each_job_runs_alone(harness: Harness) -> None:
     jobs = [submit(harness, index) for index in range(2)]
-    with Running(harness, engine_for(harness), max_batch=1, window_s=0.0):
+    with RunningWorker(harness, engine_for(harness), max_batch=1, window_s=0.0):
         done = [harness.wait_terminal(job.id, timeout=120) for job in jobs]
     assert [job.result["batch_size"] for job in done] == [1, 1]
 
@@ -168,8 +120,8 @@ def test_without_batching_each_job_runs_alone(harness: Harness) -> None:
 def test_a_cancel_inside_a_batch_cancels_only_that_job(harness: Harness) -> None:
     jobs = [submit(harness, index) for index in range(3)]
     victim = jobs[1]
-    engine = CancelAtStep(engine_for(harness), harness, victim.id)
-    with Running(harness, engine, max_batch=4, window_s=0.0):
+    engine = CancelAfterFirstStep(engine_for(harness), harness, victim.id)
+    with RunningWorker(harness, engine, max_batch=4, window_s=0.0):
         done = [harness.wait_terminal(job.id, timeout=120) for job in jobs]
     assert [job.status for job in done] == [JobStatus.SUCCEEDED, JobStatus.CANCELLED, JobStatus.SUCCEEDED]
     cancelled = done[1]
@@ -180,7 +132,7 @@ def test_a_cancel_inside_a_batch_cancels_only_that_job(harness: Harness) -> None
     assert not harness.objects.exists(victim.output_keys[0])
     for job in (done[0], done[2]):
         assert job.result["batch_size"] == 3
-        [alone] = engine.inner.run([job], lambda _job: _Quiet())
+        [alone] = engine.inner.run([job], lambda _job: QuietSteps())
         assert np.abs(pixels(harness.objects.get(job.output_keys[0])) - pixels(alone.images[0])).mean() <= 1.0
 
 
@@ -189,7 +141,7 @@ def test_one_job_with_an_unusable_input_fails_alone(harness: Harness) -> None:
     init = harness.objects.put(make_object_key("uploads", "png", temp=False), png_bytes(picture), "image/png").key
     good = [submit(harness, index, JobKind.IMG2IMG, init_image_key=init) for index in range(2)]
     bad = submit(harness, 5, JobKind.IMG2IMG, init_image_key="uploads/gone.png")
-    with Running(harness, engine_for(harness), max_batch=4, window_s=0.0):
+    with RunningWorker(harness, engine_for(harness), max_batch=4, window_s=0.0):
         done = [harness.wait_terminal(job.id, timeout=120) for job in [*good, bad]]
     assert [job.status for job in done] == [JobStatus.SUCCEEDED, JobStatus.SUCCEEDED, JobStatus.FAILED]
     assert done[2].error_code == "image_not_found"
@@ -212,8 +164,3 @@ def test_only_an_engine_that_batches_gets_a_batch_size(harness: Harness) -> None
     assert worker_max_batch(0, [FakeEngine()]) == 1
     assert worker_max_batch(0, [FakeEngine(), engine_for(harness)]) == CPU_MAX_BATCH
     assert worker_max_batch(3, [engine_for(harness)]) == 3
-
-
-class _Quiet:
-    def step(self, done: int, total: int) -> None:
-        pass

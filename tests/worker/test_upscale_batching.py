@@ -5,25 +5,20 @@ the job whose input is unusable."""
 from __future__ import annotations
 
 import io
-import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
 
-from sdserver.engines.base import EngineOutput, StepContext
 from sdserver.engines.upscale.engine import UpscaleEngine, weights_folder
 from sdserver.engines.upscale.tiny import write_official_weights
 from sdserver.job_params import SuperResolutionParams
 from sdserver.jobs import Job, JobKind, JobSpec, JobStatus
 from sdserver.objects.base import make_object_key
 from sdserver.worker.batching import CPU_MAX_BATCH, worker_max_batch
-from sdserver.worker.loop import Worker
 from tests.engines.upscale.test_tiling import smooth_image
+from tests.worker.batch_harness import CancelAfterFirstStep, QuietSteps, RunningWorker
 from tests.worker.test_loop import Harness, close_harness, make_settings, open_harness
 
 MODEL = "realesr-general-x4v3"
@@ -60,64 +55,15 @@ def submit(harness: Harness, input_key: str, scale: float = 2.0) -> Job:
     return harness.store.submit(spec)
 
 
-class CancelAtFirstTile:
-    """The real engine, with a user who cancels one job (through the store) once its first tile is done."""
-
-    def __init__(self, inner: UpscaleEngine, harness: Harness, victim: int) -> None:
-        self.inner, self.harness, self.victim = inner, harness, victim
-        self.name = inner.name
-        self.batchable = inner.batchable
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def run(self, jobs: Sequence[Job], ctx: Callable[[Job], StepContext]) -> list[EngineOutput]:
-        harness, victim = self.harness, self.victim
-
-        class Hook:
-            def __init__(self, job: Job) -> None:
-                self.job, self.inner = job, ctx(job)
-
-            @property
-            def stopped(self) -> bool:
-                return bool(getattr(self.inner, "stopped", False))
-
-            def step(self, done: int, total: int) -> None:
-                if self.job.id == victim and done == 1:
-                    harness.store.cancel(victim, owner_key_id=None)
-                    time.sleep(0.3)  # past the progress interval: the worker hears of it at this very step
-                self.inner.step(done, total)
-
-        return self.inner.run(jobs, Hook)
-
-
-class Running:
-    def __init__(self, harness: Harness, engine: Any, *, max_batch: int) -> None:
-        self.stop = threading.Event()
-        self.worker = Worker(
-            harness.settings, harness.store, harness.objects, [engine], f"w-{uuid.uuid4().hex[:6]}",
-            max_batch=max_batch, batch_window_s=0.0, idle_wait_s=0.05,
-        )  # fmt: skip
-        self.thread = threading.Thread(target=self.worker.run, args=(self.stop,), daemon=True)
-
-    def __enter__(self) -> Running:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop.set()
-        self.thread.join(30)
-
-
 def alone_png(engine: UpscaleEngine, job: Job) -> bytes:
-    [output] = engine.run([job], lambda _job: _Quiet())
+    [output] = engine.run([job], lambda _job: QuietSteps())
     return output.images[0]
 
 
 def test_queued_upscales_run_as_one_batch_and_each_gets_its_own_image(harness: Harness) -> None:
     jobs = [submit(harness, put_input(harness, seed), scale) for seed, scale in ((0, 2.0), (1, 3.0), (2, 4.0))]
     engine = engine_for(harness)
-    with Running(harness, engine, max_batch=4):
+    with RunningWorker(harness, engine, max_batch=4):
         done = [harness.wait_terminal(job.id, timeout=60) for job in jobs]
     assert all(job.status is JobStatus.SUCCEEDED for job in done), [job.error_message for job in done]
     assert [job.result["batch_size"] for job in done] == [3, 3, 3]
@@ -129,8 +75,8 @@ def test_queued_upscales_run_as_one_batch_and_each_gets_its_own_image(harness: H
 def test_a_cancel_inside_an_upscale_batch_cancels_only_that_job(harness: Harness) -> None:
     jobs = [submit(harness, put_input(harness, seed)) for seed in range(3)]
     victim = jobs[1]
-    engine = CancelAtFirstTile(engine_for(harness), harness, victim.id)
-    with Running(harness, engine, max_batch=4):
+    engine = CancelAfterFirstStep(engine_for(harness), harness, victim.id)
+    with RunningWorker(harness, engine, max_batch=4):
         done = [harness.wait_terminal(job.id, timeout=60) for job in jobs]
     assert [job.status for job in done] == [JobStatus.SUCCEEDED, JobStatus.CANCELLED, JobStatus.SUCCEEDED]
     assert done[1].progress_step < TILES
@@ -143,7 +89,7 @@ def test_a_cancel_inside_an_upscale_batch_cancels_only_that_job(harness: Harness
 def test_one_upscale_with_an_unusable_input_fails_alone(harness: Harness) -> None:
     good = [submit(harness, put_input(harness, seed)) for seed in range(2)]
     bad = submit(harness, "uploads/gone.png")
-    with Running(harness, engine_for(harness), max_batch=4):
+    with RunningWorker(harness, engine_for(harness), max_batch=4):
         done = [harness.wait_terminal(job.id, timeout=60) for job in [*good, bad]]
     assert [job.status for job in done] == [JobStatus.SUCCEEDED, JobStatus.SUCCEEDED, JobStatus.FAILED]
     assert done[2].error_code == "image_not_found"
@@ -156,8 +102,3 @@ def test_an_upscale_worker_gets_a_batch_size(harness: Harness) -> None:
     engine = engine_for(harness)
     assert worker_max_batch(0, [engine]) == CPU_MAX_BATCH
     assert worker_max_batch(1, [engine]) == 1
-
-
-class _Quiet:
-    def step(self, done: int, total: int) -> None:
-        pass

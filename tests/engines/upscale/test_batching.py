@@ -17,13 +17,12 @@ from PIL import Image
 from torch import Tensor
 
 from sdserver.engines.base import DeviceOutOfMemory, EngineOutput, JobCancelled, JobFailed
-from sdserver.engines.upscale.engine import UpscaleEngine, weights_folder
+from sdserver.engines.upscale.engine import UpscaleEngine
 from sdserver.engines.upscale.tiny import write_official_weights
 from sdserver.errors import JobErrorCode
 from sdserver.jobs import Job
 from sdserver.objects.base import make_object_key
-from sdserver.objects.local import LocalObjectStore
-from tests.engines.upscale.test_engine import COMPACT, SECRET, Deployment, Steps, make_settings
+from tests.engines.upscale.test_engine import COMPACT, Deployment, Steps, make_deployment
 from tests.engines.upscale.test_tiling import smooth_image
 
 UNSHUFFLE = "RealESRGAN_x2plus"
@@ -31,10 +30,7 @@ UNSHUFFLE = "RealESRGAN_x2plus"
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Deployment:
-    settings = make_settings(tmp_path / "data")
-    objects = LocalObjectStore(settings.objects_dir, settings.external_base_url, SECRET.encode(), settings.temp_ttl_s)
-    write_official_weights(weights_folder(settings), COMPACT, "params")
-    return Deployment(settings, objects, UpscaleEngine(settings, objects, precision="fp32", tile=32))
+    return make_deployment(tmp_path)
 
 
 @dataclass

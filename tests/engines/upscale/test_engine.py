@@ -89,12 +89,17 @@ def make_settings(data_dir: Path) -> Settings:
     )  # fmt: skip
 
 
-@pytest.fixture
-def deployment(tmp_path: Path) -> Deployment:
+def make_deployment(tmp_path: Path) -> Deployment:
+    """A local object store and an fp32 upscale engine (32 px tiles) over seeded official Compact weights."""
     settings = make_settings(tmp_path / "data")
     objects = LocalObjectStore(settings.objects_dir, settings.external_base_url, SECRET.encode(), settings.temp_ttl_s)
     write_official_weights(weights_folder(settings), COMPACT, "params")
     return Deployment(settings, objects, UpscaleEngine(settings, objects, precision="fp32", tile=32))
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Deployment:
+    return make_deployment(tmp_path)
 
 
 def test_claims_super_resolution_for_official_and_dropped_in_models(deployment: Deployment) -> None:
