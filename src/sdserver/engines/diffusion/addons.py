@@ -69,7 +69,7 @@ def job_addons(
             _apply_loras(pipeline, cache, request.loras, models_dir)
         if request.vae is not None:
             own = pipeline.vae
-            pipeline.vae = _vae(pipeline, cache, request.vae, models_dir)
+            pipeline.vae = _tiled_like(_vae(pipeline, cache, request.vae, models_dir), own)
             undo.callback(setattr, pipeline, "vae", own)
         if request.embeddings:
             tokens = _load_embeddings(pipeline, request.embeddings, models_dir)
@@ -124,6 +124,16 @@ def _load_lora(pipeline: Any, cache: AddonCache, lora_id: str, path: Path, stamp
     for _, evicted in cache.loras.put(lora_id, stamp, name):
         pipeline.delete_adapters(evicted)
     return name
+
+
+def _tiled_like(vae: Any, own: Any) -> Any:
+    """`vae` set to decode in tiles exactly when the model's own VAE is: the engine sets that for the job's size
+    before the add-ons go on (acceleration.tile_vae_for), and a cached swapped VAE keeps the last job's mode."""
+    if getattr(own, "use_tiling", False):
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()
+    return vae
 
 
 def _vae(pipeline: Any, cache: AddonCache, vae_id: str, models_dir: Path) -> Any:

@@ -164,9 +164,9 @@ class DiffusionEngine:
         """Jobs that share a batch key run as one pipeline call (batching.py), the rest one by one; `meta.batch_size`
         says how many jobs shared each one's forward passes."""
         outputs: dict[int, EngineOutput] = {}
+        # Every pipeline of the model (ControlNet's too) shares one VAE: each group's final size decides its mode.
+        any_pipeline = next(iter(model.pipelines.values()))
         for group in batch_groups(jobs):
-            # Every pipeline of the model (ControlNet's too) shares one VAE: the job's final size decides its mode.
-            any_pipeline = next(iter(model.pipelines.values()))
             tile_vae_for(any_pipeline, group[0].width, group[0].height, self._vae_tile_pixels)
             if len(group) > 1:
                 done = run_batch(
